@@ -1,0 +1,111 @@
+"""Run the daemon: load config, bind, serve, reload on SIGHUP, drain on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Mapping
+from pathlib import Path
+
+from proxyd.config import Config, ConfigError, ListenAddress, load_config
+from proxyd.server import ProxyServer, StartupError
+from proxyd.systemd import InheritedSocket, Notifier, listen_fds
+
+log = logging.getLogger("proxyd")
+
+
+def _check_inherited(config: Config, sockets: list[InheritedSocket]) -> None:
+    for inherited in sockets:
+        host, port = inherited.socket.getsockname()[:2]
+        if not ListenAddress(host, port).is_loopback and not config.allow:
+            raise StartupError(
+                f"refusing to run as an open proxy on inherited socket {host}:{port}: "
+                "set allow = [...] to the client networks"
+            )
+
+
+class Daemon:
+    def __init__(self, config: Config, config_path: Path | None, overrides: Mapping[str, object]):
+        self.config = config
+        self._config_path = config_path
+        self._overrides = dict(overrides)
+        self._stop = asyncio.Event()
+        self._notifier = Notifier.from_env()
+        self.server = ProxyServer(config)
+
+    def _summary(self) -> str:
+        listening = ", ".join(f"{h}:{p}" for h, p in self.server.addresses)
+        return f"serving {listening}; {self.server.active_clients} clients"
+
+    def reload(self) -> None:
+        self._notifier.reloading("reloading configuration")
+        try:
+            config = load_config(self._config_path, overrides=self._overrides)
+            self.server.apply_config(config)
+        except (ConfigError, StartupError) as err:
+            log.error("reload failed, keeping the previous configuration: %s", err)
+            self._notifier.ready(f"reload failed: {err}; kept previous config")
+            return
+        self.config = config
+        log.info("configuration reloaded from %s", self._config_path or "embedded defaults")
+        self._notifier.ready(self._summary())
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        inherited = listen_fds()
+        proxy_sockets = [s for s in inherited if s.name in ("proxy", "unknown")]
+        _check_inherited(self.config, proxy_sockets)
+        self.server.start([s.socket for s in proxy_sockets] or None)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        log.info("proxyd listening on %s", ", ".join(f"{h}:{p}" for h, p in self.server.addresses))
+        self._notifier.ready(self._summary())
+        watchdog = self._start_watchdog()
+        try:
+            await self._stop.wait()
+            grace = self.config.limits.drain_grace
+            self._notifier.stopping(f"draining {self.server.active_clients} connections")
+            log.info("stopping: draining connections for up to %gs", grace)
+            await self.server.drain(grace)
+        finally:
+            if watchdog is not None:
+                watchdog.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watchdog
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+        log.info("stopped")
+        return 0
+
+    def _start_watchdog(self) -> asyncio.Task[None] | None:
+        interval = self._notifier.watchdog_interval()
+        if interval is None:
+            return None
+
+        async def ping() -> None:
+            # Pinged from the loop itself, so a stalled loop stops the pings and systemd
+            # restarts the service.
+            while True:
+                self._notifier.watchdog()
+                await asyncio.sleep(interval / 2)
+
+        return asyncio.ensure_future(ping())
+
+
+def run_daemon(config: Config, config_path: Path | None, overrides: Mapping[str, object]) -> int:
+    async def main() -> int:
+        return await Daemon(config, config_path, overrides).run()
+
+    loop_factory = None
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(main())

@@ -1,0 +1,80 @@
+"""Typed failures shared by dialers, the first-visit logic and the client-facing answers.
+
+Every failure carries a stable ``reason`` label (OONI's failure vocabulary is the model):
+metrics use it as a label, ``detect`` turns it into evidence, and the client gets the
+HTTP status or SOCKS reply code that fits it.
+"""
+
+from __future__ import annotations
+
+
+class ProxydError(Exception):
+    """Base of everything proxyd raises on purpose."""
+
+
+class DialError(ProxydError):
+    """Opening a connection for a route failed."""
+
+    reason = "generic_failure"
+    http_status = 502
+    socks5_reply = 0x01  # general SOCKS server failure
+
+    def __init__(self, host: str, port: int, detail: str = "") -> None:
+        self.host = host
+        self.port = port
+        self.detail = detail
+        super().__init__(self.describe())
+
+    def describe(self) -> str:
+        cause = self.detail or self.reason.replace("_", " ")
+        return f"{self.host}:{self.port}: {cause}"
+
+
+class DnsLookupError(DialError):
+    reason = "dns_lookup_error"
+    socks5_reply = 0x04  # host unreachable
+
+
+class ConnectionRefused(DialError):
+    reason = "connection_refused"
+    socks5_reply = 0x05
+
+
+class ConnectTimeout(DialError):
+    reason = "connect_timeout"
+    http_status = 504
+    socks5_reply = 0x04
+
+
+class HostUnreachable(DialError):
+    reason = "host_unreachable"
+    socks5_reply = 0x04
+
+
+class NetworkUnreachable(DialError):
+    reason = "network_unreachable"
+    socks5_reply = 0x03
+
+
+class ConnectionReset(DialError):
+    reason = "connection_reset"
+
+
+class UpstreamError(DialError):
+    """The upstream proxy itself failed or refused the request."""
+
+    reason = "upstream_failed"
+
+
+class UpstreamUnavailable(DialError):
+    """No upstream was usable; ``detail`` names the ones tried."""
+
+    reason = "upstream_unavailable"
+
+
+class Forbidden(DialError):
+    """Policy refuses the destination (rule ``reject``, loop, private address)."""
+
+    reason = "forbidden"
+    http_status = 403
+    socks5_reply = 0x02  # connection not allowed by ruleset

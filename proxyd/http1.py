@@ -1,0 +1,672 @@
+"""Sans-IO HTTP/1.1 proxy framing: request and response heads in, typed events out, bytes back.
+
+The daemon reads a client's head with ``loop.sock_recv`` into one growing buffer and calls
+``parse_request`` on it after every read; bodies are forwarded verbatim while a ``BodyScanner``
+says where they end. Nothing here touches a socket or a clock.
+
+API::
+
+    parse_request(buf, *, max_head=65536, max_headers=100, max_line=8192)
+        -> (Request, head_len) | None          None: need more bytes; buf[head_len:] is body
+    parse_response(buf, *, request_method, max_head=65536, max_headers=100)
+        -> (Response, head_len) | None
+    encode_request_for_origin(req, *, via=None) -> bytes      origin-form head for the server
+    encode_response_for_client(resp, *, keep_alive) -> bytes  head for the client
+    BodyScanner(framing).feed(data) -> int    bytes of data that belong to the body; .done
+    error_response(status, text, *, extra_headers=()) -> bytes   plain text, Connection: close
+    simple_response(status, body, *, content_type, keep_alive=False, extra_headers=()) -> bytes
+    HttpError(status, reason)   .status is the answer the client should get
+
+``buf`` is ``bytes`` or ``bytearray``. Parsing is a pure function of the buffered bytes and
+every error a prefix can raise is the one the whole head raises, so feeding byte by byte gives
+the outcome of feeding everything at once.
+
+Request decisions (request-smuggling defences first):
+
+- 400: bare CR or LF, any control byte (NUL, DEL, ...) in the head, obs-fold, a header name
+  that is not a token or has whitespace before the colon, a method that is not a token, a
+  target with anything but visible ASCII, request line not exactly three SP-separated parts.
+- Content-Length must be 1..19 digits. Identical duplicates (``5, 5`` or two lines) are
+  accepted as RFC 9110 section 8.6 allows, and the encoders then emit one; differing -> 400.
+- Transfer-Encoding must be exactly ``chunked`` (case-insensitive): other known codings ->
+  501, anything else (empty elements, non-tokens, chunked twice) -> 400; with Content-Length,
+  or in an HTTP/1.0 request -> 400.
+- Versions: HTTP/1.1 and HTTP/1.0; other ``HTTP/d.d`` (the HTTP/2 preface) -> 505.
+- 414 when the request line (without CRLF) exceeds ``max_line``, even before the head ends;
+  431 when the head (terminating blank line included) exceeds ``max_head`` or has more than
+  ``max_headers`` fields. Empty lines before the request line are skipped (RFC 9112 2.2).
+- Targets: absolute-form ``http://host[:port]/path`` (scheme case-insensitive; userinfo,
+  fragments, empty host, port 0 or an unbracketed IPv6 -> 400; the Host header is ignored as
+  RFC 9112 3.2.2 requires). CONNECT takes authority-form ``host:port`` only. Origin-form
+  (``/path``) and ``OPTIONS *`` set ``origin_form``: the request is for the proxy itself and
+  host/port come from the Host header. More than one Host -> 400; HTTP/1.1 origin-form
+  without Host -> 400. Hosts are lowercase reg-names of ``[a-z0-9._-]`` or IP literals; IPv6
+  is reported without brackets in RFC 5952 form.
+- ``keep_alive`` is what the client asked for: Connection and Proxy-Connection tokens, 1.1
+  defaults on, 1.0 needs ``keep-alive``.
+- ``upgrade``: a GET with ``Upgrade: websocket`` and ``Connection: upgrade``. The encoder keeps
+  both; after the server answers 101 (``Response.status == 101``) the caller writes the 101
+  head and the bytes after it to the client and from then on relays both directions raw.
+
+Responses: the same syntax rules, but every failure raises ``HttpError(502)`` (that is what
+the client should see). Body: HEAD, 1xx, 204, 304 and 2xx to CONNECT -> NONE; chunked as the
+final coding -> CHUNKED; other codings -> UNTIL_CLOSE; else Content-Length; else UNTIL_CLOSE.
+``Response.interim`` marks 1xx other than 101: forward it and parse the next head (never send
+one to an HTTP/1.0 client, RFC 9110 15.2).
+
+Encoders strip hop-by-hop fields (Connection and the fields it names, Keep-Alive,
+Proxy-Connection, Proxy-Authorization, Proxy-Authenticate, TE, Trailer, Upgrade) but never
+Host, Content-Length or Transfer-Encoding, even when Connection names them: bodies are
+forwarded verbatim, so their framing must travel with them. The request keeps the client's
+version so an HTTP/1.0 client never gets a chunked answer it cannot read.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import ClassVar
+
+from proxyd.errors import ProxydError
+
+__all__ = [
+    "BodyKind",
+    "BodyScanner",
+    "Framing",
+    "HttpError",
+    "Request",
+    "Response",
+    "encode_request_for_origin",
+    "encode_response_for_client",
+    "error_response",
+    "parse_request",
+    "parse_response",
+    "simple_response",
+]
+
+
+class HttpError(ProxydError):
+    """A head or body the proxy refuses; ``status`` is the answer the client should get."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(f"{status} {reason}")
+        self.status = status
+        self.reason = reason
+
+
+class BodyKind(enum.Enum):
+    NONE = "none"
+    LENGTH = "length"
+    CHUNKED = "chunked"
+    UNTIL_CLOSE = "until_close"
+
+
+@dataclass(frozen=True, slots=True)
+class Framing:
+    """How a message body ends; ``length`` only means something for LENGTH."""
+
+    kind: BodyKind
+    length: int = 0
+
+    NONE: ClassVar[Framing]
+    CHUNKED: ClassVar[Framing]
+    UNTIL_CLOSE: ClassVar[Framing]
+
+
+Framing.NONE = Framing(BodyKind.NONE)
+Framing.CHUNKED = Framing(BodyKind.CHUNKED)
+Framing.UNTIL_CLOSE = Framing(BodyKind.UNTIL_CLOSE)
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    method: str
+    target: str
+    version: str
+    headers: tuple[tuple[str, str], ...]
+    host: str
+    port: int
+    path: str
+    is_connect: bool
+    origin_form: bool
+    body: Framing
+    keep_alive: bool
+    proxy_authorization: str | None
+    expect_continue: bool
+    idempotent: bool
+    upgrade: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    status: int
+    reason: str
+    version: str
+    headers: tuple[tuple[str, str], ...]
+    body: Framing
+    keep_alive: bool
+
+    @property
+    def interim(self) -> bool:
+        return 100 <= self.status < 200 and self.status != 101
+
+
+_TCHAR = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_VCHAR = bytes(range(0x21, 0x7F))
+# Field bytes minus HT/SP/VCHAR/obs-text leaves only controls; CR/LF are checked separately.
+_FIELD_BYTES = bytes(range(0x20, 0x7F)) + b"\t\r\n" + bytes(range(0x80, 0x100))
+_VERSIONS = frozenset((b"HTTP/1.1", b"HTTP/1.0"))
+_VERSION_SHAPE = re.compile(rb"HTTP/[0-9]\.[0-9]")
+_REG_NAME = re.compile(r"[a-z0-9._-]+")
+_IDEMPOTENT = frozenset(("GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"))
+_KNOWN_CODINGS = frozenset(("gzip", "x-gzip", "deflate", "compress", "x-compress", "identity"))
+_HOP_BY_HOP = frozenset(
+    (
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authorization",
+        "proxy-authenticate",
+        "te",
+        "trailer",
+        "upgrade",
+    )
+)
+_FRAMING_FIELDS = frozenset(("host", "content-length", "transfer-encoding"))
+_NOTED = frozenset(("content-length", "transfer-encoding", "connection", "proxy-connection"))
+_NOTED_REQUEST = _NOTED | {"host", "proxy-authorization", "expect", "upgrade"}
+
+
+def _fail(status: int, reason: str) -> HttpError:
+    return HttpError(status, reason)
+
+
+def _check_line_endings(buf: bytes | bytearray, start: int, stop: int, status: int) -> None:
+    crlf = buf.count(b"\r\n", start, stop)
+    # A CR at the very end of a partial buffer may still get its LF.
+    lone_cr = buf.count(b"\r", start, stop) - crlf - buf.endswith(b"\r", start, stop)
+    if buf.count(b"\n", start, stop) != crlf or lone_cr:
+        raise _fail(status, "bare CR or LF in head")
+
+
+def _skip_empty_lines(buf: bytes | bytearray, limit: int) -> int:
+    start = 0
+    while buf.startswith(b"\r\n", start) and start < limit:
+        start += 2
+    return start
+
+
+def parse_request(
+    buf: bytes | bytearray, *, max_head: int = 65536, max_headers: int = 100, max_line: int = 8192
+) -> tuple[Request, int] | None:
+    start = _skip_empty_lines(buf, max_head)
+    end = buf.find(b"\r\n\r\n", start, max_head)
+    if end < 0:
+        part = bytes(buf[start:max_head])
+        nl = part.find(b"\n")
+        if nl < 0:
+            if len(part) >= max_line + 2:
+                raise _fail(414, "request line too long")
+        else:
+            _request_line(part[: nl + 1], max_line)
+            _check_line_endings(part, nl + 1, len(part), 400)
+        if len(buf) >= max_head:
+            raise _fail(431, "request head too large")
+        return None
+    nl = buf.find(b"\n", start)
+    method, target, version = _request_line(bytes(buf[start : nl + 1]), max_line)
+    fields = _fields(bytes(buf[nl + 1 : end]), max_headers, 400, 431)
+    return _request(method, target, version, fields), end + 4
+
+
+def _request_line(line: bytes, max_line: int) -> tuple[str, str, str]:
+    if len(line) - 2 > max_line:
+        raise _fail(414, "request line too long")
+    if not line.endswith(b"\r\n"):
+        raise _fail(400, "bare LF in request line")
+    parts = line[:-2].split(b" ")
+    if len(parts) != 3:
+        raise _fail(400, "malformed request line")
+    method, target, version = parts
+    if version not in _VERSIONS:
+        if _VERSION_SHAPE.fullmatch(version):
+            raise _fail(505, "HTTP version not supported")
+        raise _fail(400, "malformed HTTP version")
+    if not method or method.translate(None, _TCHAR):
+        raise _fail(400, "invalid method")
+    if not target or target.translate(None, _VCHAR):
+        raise _fail(400, "invalid request target")
+    return method.decode(), target.decode(), version.decode()
+
+
+def _fields(block: bytes, max_headers: int, status: int, too_many: int) -> list[tuple[str, str]]:
+    if not block:
+        return []
+    _check_line_endings(block, 0, len(block), status)
+    if block.count(b"\r\n") >= max_headers:
+        raise _fail(too_many, "too many header fields")
+    if block.translate(None, _FIELD_BYTES):
+        raise _fail(status, "control character in header")
+    fields = []
+    names = []
+    for line in block.decode("latin-1").split("\r\n"):
+        name, colon, value = line.partition(":")
+        if not colon:
+            raise _fail(status, _diagnose_names([line]))
+        names.append(name)
+        fields.append((name, value.strip(" \t")))
+    if "" in names or "".join(names).encode("latin-1").translate(None, _TCHAR):
+        raise _fail(status, _diagnose_names(names))
+    return fields
+
+
+def _diagnose_names(names: list[str]) -> str:
+    for name in names:
+        if name[:1] in (" ", "\t"):
+            return "obs-fold (line folding) is not allowed"
+        if name.rstrip(" \t") != name:
+            return "whitespace before colon"
+    return "invalid header name or line without colon"
+
+
+def _noted(fields: list[tuple[str, str]], wanted: frozenset[str]) -> dict[str, list[str]]:
+    noted: dict[str, list[str]] = {}
+    for name, value in fields:
+        key = name.lower()
+        if key in wanted:
+            noted.setdefault(key, []).append(value)
+    return noted
+
+
+def _tokens(values: list[str] | None) -> set[str]:
+    if not values:
+        return set()
+    return {t.strip(" \t").lower() for v in values for t in v.split(",")} - {""}
+
+
+def _content_length(values: list[str], status: int) -> int:
+    lengths = {v.strip(" \t") for value in values for v in value.split(",")}
+    if len(lengths) != 1:
+        raise _fail(status, "conflicting Content-Length")
+    (length,) = lengths
+    if not (length.isdigit() and length.isascii() and len(length) <= 19):
+        raise _fail(status, "invalid Content-Length")
+    return int(length)
+
+
+def _codings(values: list[str], status: int) -> list[str]:
+    codings = [c.strip(" \t").lower() for value in values for c in value.split(",")]
+    for coding in codings:
+        if not coding or coding.encode("latin-1").translate(None, _TCHAR):
+            raise _fail(status, "malformed Transfer-Encoding")
+    if codings.count("chunked") > 1:
+        raise _fail(status, "chunked applied twice")
+    return codings
+
+
+def _request_body(noted: dict[str, list[str]], version: str) -> Framing:
+    te = noted.get("transfer-encoding")
+    cl = noted.get("content-length")
+    if te:
+        if cl:
+            raise _fail(400, "both Content-Length and Transfer-Encoding")
+        if version == "HTTP/1.0":
+            raise _fail(400, "Transfer-Encoding in HTTP/1.0 request")
+        codings = _codings(te, 400)
+        if codings != ["chunked"]:
+            if all(c in _KNOWN_CODINGS or c == "chunked" for c in codings):
+                raise _fail(501, "unsupported Transfer-Encoding")
+            raise _fail(400, "unknown Transfer-Encoding")
+        return Framing.CHUNKED
+    if cl:
+        return Framing(BodyKind.LENGTH, _content_length(cl, 400))
+    return Framing.NONE
+
+
+def _authority(authority: str, default_port: int | None) -> tuple[str, int]:
+    if "@" in authority:
+        raise _fail(400, "userinfo in authority")
+    if authority.startswith("["):
+        close = authority.find("]")
+        try:
+            address = ipaddress.IPv6Address(authority[1:close] if close > 0 else "-")
+        except ValueError:
+            raise _fail(400, "invalid IPv6 literal") from None
+        if address.scope_id is not None:
+            raise _fail(400, "zone identifier in IPv6 literal")
+        # Reported as IPv4 so loopback and private-address policy sees through the mapping.
+        host = str(address.ipv4_mapped or address)
+        rest = authority[close + 1 :]
+    else:
+        host, colon, port_text = authority.rpartition(":")
+        if not colon:
+            host, port_text = authority, ""
+        host = host.lower()
+        if ":" in host:
+            raise _fail(400, "IPv6 address must be bracketed")
+        if not _REG_NAME.fullmatch(host):
+            raise _fail(400, "invalid host")
+        rest = colon + port_text
+    if not rest and default_port is not None:
+        return host, default_port
+    port_text = rest[1:]
+    if rest[:1] != ":" or not (port_text.isdigit() and port_text.isascii() and len(port_text) < 6):
+        raise _fail(400, "missing or invalid port")
+    port = int(port_text)
+    if not 0 < port < 65536:
+        raise _fail(400, "port out of range")
+    return host, port
+
+
+def _request(method: str, target: str, version: str, fields: list[tuple[str, str]]) -> Request:
+    noted = _noted(fields, _NOTED_REQUEST)
+    hosts = noted.get("host", [])
+    if len(hosts) > 1:
+        raise _fail(400, "more than one Host")
+    origin_form = False
+    if method == "CONNECT":
+        host, port = _authority(target, None)
+        path = ""
+    elif target[:7].lower() == "http://":
+        if "#" in target:
+            raise _fail(400, "fragment in request target")
+        rest = target[7:]
+        cut = len(rest)
+        for mark in "/?":
+            found = rest.find(mark)
+            if 0 <= found < cut:
+                cut = found
+        host, port = _authority(rest[:cut], 80)
+        path = rest[cut:]
+        path = path if path.startswith("/") else "/" + path
+    elif target.startswith("/") or (target == "*" and method == "OPTIONS"):
+        origin_form = True
+        if not hosts and version == "HTTP/1.1":
+            raise _fail(400, "missing Host")
+        host, port = _authority(hosts[0], 80) if hosts else ("", 80)
+        path = target
+    else:
+        raise _fail(400, "request target must be http:// absolute-form")
+    conn = _tokens(noted.get("connection")) | _tokens(noted.get("proxy-connection"))
+    websocket = (
+        method == "GET" and "upgrade" in conn and "websocket" in _tokens(noted.get("upgrade"))
+    )
+    auth = noted.get("proxy-authorization")
+    if auth and len(auth) > 1:
+        raise _fail(400, "more than one Proxy-Authorization")
+    return Request(
+        method=method,
+        target=target,
+        version=version,
+        headers=tuple(fields),
+        host=host,
+        port=port,
+        path=path,
+        is_connect=method == "CONNECT",
+        origin_form=origin_form,
+        body=_request_body(noted, version),
+        keep_alive="close" not in conn and (version == "HTTP/1.1" or "keep-alive" in conn),
+        proxy_authorization=auth[0] if auth else None,
+        expect_continue="100-continue" in _tokens(noted.get("expect")),
+        idempotent=method in _IDEMPOTENT,
+        upgrade=websocket,
+    )
+
+
+def parse_response(
+    buf: bytes | bytearray, *, request_method: str, max_head: int = 65536, max_headers: int = 100
+) -> tuple[Response, int] | None:
+    end = buf.find(b"\r\n\r\n", 0, max_head)
+    if end < 0:
+        _check_line_endings(buf, 0, max_head, 502)
+        if len(buf) >= max_head:
+            raise _fail(502, "response head too large")
+        return None
+    nl = buf.find(b"\n")
+    line = bytes(buf[: nl - 1])
+    if buf[nl - 1] != 13 or b"\r" in line or line.translate(None, _FIELD_BYTES):
+        raise _fail(502, "malformed status line")
+    version, _, rest = line.partition(b" ")
+    code, _, reason = rest.partition(b" ")
+    if version not in _VERSIONS:
+        raise _fail(502, "unsupported HTTP version from server")
+    if not (len(code) == 3 and code.isdigit() and b"100" <= code <= b"599"):
+        raise _fail(502, "invalid status code")
+    status = int(code)
+    fields = _fields(bytes(buf[nl + 1 : end]), max_headers, 502, 502)
+    noted = _noted(fields, _NOTED)
+    body = _response_body(noted, status, request_method, version)
+    conn = _tokens(noted.get("connection"))
+    keep_alive = (
+        body.kind is not BodyKind.UNTIL_CLOSE
+        and "close" not in conn
+        and (version == b"HTTP/1.1" or "keep-alive" in conn)
+    )
+    response = Response(
+        status, reason.decode("latin-1"), version.decode(), tuple(fields), body, keep_alive
+    )
+    return response, end + 4
+
+
+def _response_body(
+    noted: dict[str, list[str]], status: int, request_method: str, version: bytes
+) -> Framing:
+    if request_method == "HEAD" or status < 200 or status in (204, 304):
+        return Framing.NONE
+    if request_method == "CONNECT" and status < 300:
+        return Framing.NONE
+    te = noted.get("transfer-encoding")
+    cl = noted.get("content-length")
+    if te:
+        if cl:
+            raise _fail(502, "both Content-Length and Transfer-Encoding")
+        if version == b"HTTP/1.0":
+            raise _fail(502, "Transfer-Encoding in HTTP/1.0 response")
+        codings = _codings(te, 502)
+        if codings[-1] == "chunked":
+            return Framing.CHUNKED
+        if "chunked" in codings:
+            raise _fail(502, "chunked is not the final coding")
+        return Framing.UNTIL_CLOSE
+    if cl:
+        return Framing(BodyKind.LENGTH, _content_length(cl, 502))
+    return Framing.UNTIL_CLOSE
+
+
+def _forwarded_fields(
+    headers: tuple[tuple[str, str], ...], keep_upgrade: bool
+) -> Iterable[tuple[str, str, str]]:
+    named = _tokens([v for n, v in headers if n.lower() == "connection"]) - _FRAMING_FIELDS
+    drop = (_HOP_BY_HOP | named) - ({"upgrade"} if keep_upgrade else set())
+    content_length_seen = False
+    for name, value in headers:
+        key = name.lower()
+        if key in drop:
+            continue
+        if key == "content-length":
+            if content_length_seen:
+                continue
+            content_length_seen = True
+            value = value.split(",")[0].strip(" \t")
+        yield key, name, value
+
+
+def encode_request_for_origin(req: Request, *, via: str | None = None) -> bytes:
+    if req.is_connect:
+        raise ValueError("CONNECT is tunnelled, not forwarded")
+    authority = f"[{req.host}]" if ":" in req.host else req.host
+    if req.port != 80:
+        authority = f"{authority}:{req.port}"
+    lines = [f"{req.method} {req.path} {req.version}"]
+    host_line = f"Host: {authority}"
+    for key, name, value in _forwarded_fields(req.headers, req.upgrade):
+        if key == "host" and not req.origin_form:
+            lines.append(host_line)  # the target's authority wins, RFC 9112 3.2.2
+            host_line = ""
+        else:
+            lines.append(f"{name}: {value}")
+    if host_line and not req.origin_form:
+        lines.insert(1, host_line)
+    if req.upgrade:
+        lines.append("Connection: upgrade")
+    if via:
+        lines.append(f"Via: {req.version[5:]} {via}")
+    lines.append("\r\n")
+    return "\r\n".join(lines).encode("latin-1")
+
+
+def encode_response_for_client(resp: Response, *, keep_alive: bool) -> bytes:
+    switching = resp.status == 101
+    lines = [f"HTTP/1.1 {resp.status} {resp.reason}"]
+    lines.extend(f"{n}: {v}" for _, n, v in _forwarded_fields(resp.headers, switching))
+    if switching:
+        lines.append("Connection: upgrade")
+    elif resp.interim:
+        pass  # interim responses carry no framing of their own
+    elif keep_alive and resp.body.kind is not BodyKind.UNTIL_CLOSE:
+        # HTTP/1.0 clients only keep the connection when told so; 1.1 clients ignore it.
+        lines.append("Connection: keep-alive")
+    else:
+        lines.append("Connection: close")
+    lines.append("\r\n")
+    return "\r\n".join(lines).encode("latin-1")
+
+
+def simple_response(
+    status: int,
+    body: bytes,
+    *,
+    content_type: str,
+    keep_alive: bool = False,
+    extra_headers: Iterable[tuple[str, str]] = (),
+) -> bytes:
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "Unknown"
+    lines = [
+        f"HTTP/1.1 {status} {phrase}",
+        f"Content-Type: {content_type}",
+        f"Content-Length: {len(body)}",
+        "Connection: keep-alive" if keep_alive else "Connection: close",
+    ]
+    for name, value in extra_headers:
+        bad_name = not name or name.encode("latin-1").translate(None, _TCHAR)
+        if bad_name or "\r" in value or "\n" in value:
+            raise ValueError(f"header {name!r} would break the response head")
+        lines.append(f"{name}: {value}")
+    lines.append("\r\n")
+    return "\r\n".join(lines).encode("latin-1") + body
+
+
+def error_response(
+    status: int, text: str, *, extra_headers: Iterable[tuple[str, str]] = ()
+) -> bytes:
+    body = (text + "\n").encode()
+    content_type = "text/plain; charset=utf-8"
+    return simple_response(status, body, content_type=content_type, extra_headers=extra_headers)
+
+
+_CHUNK_LINE_LIMIT = 8192
+_TRAILER_LIMIT = 65536
+_SIZE_LINE = re.compile(
+    rb"([0-9A-Fa-f]{1,16})"
+    rb"(?:[ \t]*;[ \t]*[-!#$%&'*+.^_`|~0-9A-Za-z]+"
+    rb"(?:[ \t]*=[ \t]*(?:[-!#$%&'*+.^_`|~0-9A-Za-z]+"
+    rb'|"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"))?)*\r\n'
+)
+_TRAILER_LINE = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+:[\t \x21-\x7e\x80-\xff]*\r\n")
+_SIZE, _DATA, _DATA_CR, _DATA_LF, _TRAILER = range(5)
+
+
+class BodyScanner:
+    """Finds the end of a body whose bytes are forwarded verbatim.
+
+    Chunk data is skipped by arithmetic; only size lines and trailers are looked at, so a
+    large chunk costs the same as a small one. Malformed chunked framing -> HttpError(400).
+    """
+
+    __slots__ = ("_kind", "_line", "_remaining", "_state", "_trailer_bytes", "done")
+
+    def __init__(self, framing: Framing) -> None:
+        self._kind = framing.kind
+        self._remaining = framing.length
+        self._state = _SIZE
+        self._line = b""
+        self._trailer_bytes = 0
+        self.done = framing.kind is BodyKind.NONE or (
+            framing.kind is BodyKind.LENGTH and framing.length == 0
+        )
+
+    def feed(self, data: memoryview | bytes | bytearray) -> int:
+        if self.done:
+            return 0
+        if self._kind is BodyKind.LENGTH:
+            taken = min(len(data), self._remaining)
+            self._remaining -= taken
+            self.done = self._remaining == 0
+            return taken
+        if self._kind is BodyKind.UNTIL_CLOSE:
+            return len(data)
+        return self._feed_chunked(data)
+
+    def _feed_chunked(self, data: memoryview | bytes | bytearray) -> int:
+        i, n = 0, len(data)
+        while i < n:
+            state = self._state
+            if state == _DATA:
+                taken = min(self._remaining, n - i)
+                i += taken
+                self._remaining -= taken
+                if not self._remaining:
+                    self._state = _DATA_CR
+            elif state == _DATA_CR:
+                if data[i] != 13:
+                    raise _fail(400, "chunk data not followed by CRLF")
+                i += 1
+                self._state = _DATA_LF
+            elif state == _DATA_LF:
+                if data[i] != 10:
+                    raise _fail(400, "chunk data not followed by CRLF")
+                i += 1
+                self._state = _SIZE
+            else:
+                # A small window: size lines are short, and copying more would cost per chunk.
+                window = bytes(data[i : i + 256])
+                lf = window.find(b"\n")
+                if lf < 0:
+                    self._line += window
+                    i += len(window)
+                    if len(self._line) > _CHUNK_LINE_LIMIT:
+                        raise _fail(400, "chunk size or trailer line too long")
+                    continue
+                i += lf + 1
+                line, self._line = self._line + window[: lf + 1], b""
+                if len(line) > _CHUNK_LINE_LIMIT:
+                    raise _fail(400, "chunk size or trailer line too long")
+                if state == _SIZE:
+                    self._chunk_size_line(line)
+                elif line == b"\r\n":
+                    self.done = True
+                    return i
+                else:
+                    self._trailer_line(line)
+        return i
+
+    def _chunk_size_line(self, line: bytes) -> None:
+        match = _SIZE_LINE.fullmatch(line)
+        if match is None:
+            raise _fail(400, "malformed chunk size line")
+        self._remaining = int(match[1], 16)
+        self._state = _DATA if self._remaining else _TRAILER
+
+    def _trailer_line(self, line: bytes) -> None:
+        self._trailer_bytes += len(line)
+        if self._trailer_bytes > _TRAILER_LIMIT:
+            raise _fail(400, "trailer section too large")
+        if not _TRAILER_LINE.fullmatch(line):
+            raise _fail(400, "malformed trailer field")

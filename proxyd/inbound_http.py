@@ -1,0 +1,416 @@
+"""HTTP/1.1 proxy clients: CONNECT tunnels and absolute-form requests on kept-alive connections.
+
+Each request on a connection is parsed, checked and routed on its own (different hosts may
+take different routes). Bodies stream in both directions and are never buffered whole:
+Content-Length bodies are spliced, chunked ones pass through a ``BodyScanner`` verbatim.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+
+from proxyd import http1
+from proxyd.dialers import Connection
+from proxyd.errors import DialError
+from proxyd.http1 import BodyKind, BodyScanner, HttpError, Request, Response
+from proxyd.pool import PoolKey
+from proxyd.relay import BodyPipe
+from proxyd.runtime import Runtime
+from proxyd.tunnel import relay, run_tunnel
+
+log = logging.getLogger("proxyd.http")
+
+RECV_SIZE = 256 * 1024
+# Below this many body bytes still to come, recv/send beats setting up a splice.
+SPLICE_THRESHOLD = 64 * 1024
+CONNECT_ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
+PROXY_AUTH_REQUIRED = ("Proxy-Authenticate", 'Basic realm="proxyd"')
+
+
+class ClientGone(Exception):
+    """The client closed or broke its connection; nothing more can be said to it."""
+
+
+class _ConnectReply:
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    async def success(self, conn: Connection) -> None:
+        await asyncio.get_running_loop().sock_sendall(self._sock, CONNECT_ESTABLISHED)
+
+    async def failure(self, err: DialError) -> None:
+        with contextlib.suppress(OSError):
+            await asyncio.get_running_loop().sock_sendall(
+                self._sock, http1.error_response(err.http_status, f"proxyd: {err.describe()}")
+            )
+
+
+class HttpClient:
+    """One client connection speaking HTTP proxy; ``serve`` runs until it should close."""
+
+    def __init__(
+        self, rt: Runtime, sock: socket.socket, client_ip: str, first_bytes: bytes
+    ) -> None:
+        self.rt = rt
+        self.sock = sock
+        self.client_ip = client_ip
+        self.buf = bytearray(first_bytes)
+        self.loop = asyncio.get_running_loop()
+        self.idle = True  # between requests: may be closed at once on drain
+        self._pipe: BodyPipe | None = None
+
+    @property
+    def pipe(self) -> BodyPipe:
+        if self._pipe is None:
+            self._pipe = BodyPipe()
+        return self._pipe
+
+    def close_resources(self) -> None:
+        if self._pipe is not None:
+            self._pipe.close()
+            self._pipe = None
+
+    async def serve(self, *, allowed: bool) -> None:
+        try:
+            await self._serve(allowed)
+        except HttpError as err:
+            await self._send_quietly(http1.error_response(err.status, f"proxyd: {err.reason}"))
+        except (ClientGone, OSError, TimeoutError):
+            # Mid-response failures cannot be reported any more: closing is the answer.
+            pass
+        finally:
+            self.close_resources()
+
+    async def _serve(self, allowed: bool) -> None:
+        limits = self.rt.config.limits
+        first = True
+        while True:
+            self.idle = True
+            parsed = await self._read_head(wait_first_byte=not first)
+            if parsed is None:
+                return
+            self.idle = False
+            first = False
+            req, head_len = parsed
+            del self.buf[:head_len]
+            self.rt.stats.requests += 1
+            if not allowed:
+                self.rt.stats.rejected += 1
+                await self._send(http1.error_response(403, "proxyd: client not allowed"))
+                return
+            if not self.rt.access.check_basic(req.proxy_authorization):
+                await self._send(
+                    http1.error_response(
+                        407,
+                        "proxyd: proxy authentication required",
+                        extra_headers=(PROXY_AUTH_REQUIRED,),
+                    )
+                )
+                return
+            if req.is_connect:
+                await run_tunnel(
+                    self.rt,
+                    self.sock,
+                    req.host,
+                    req.port,
+                    reply=_ConnectReply(self.sock),
+                    client_ip=self.client_ip,
+                    client_bytes=bytes(self.buf),
+                )
+                self.sock = None  # type: ignore[assignment]  # the tunnel owns and closes it
+                return
+            if req.origin_form:
+                await self._send(self._local_answer(req))
+                return
+            if not await self._forward(req, limits.idle_timeout):
+                return
+            if self.rt.draining:
+                return
+
+    def _local_answer(self, req: Request) -> bytes:
+        if req.method in ("GET", "HEAD") and req.path == "/":
+            return http1.simple_response(
+                200,
+                b"proxyd is running. Configure it as your HTTP or SOCKS5 proxy.\n",
+                content_type="text/plain; charset=utf-8",
+            )
+        return http1.error_response(
+            400, "proxyd: this is a proxy; send absolute-form requests (http://host/path)"
+        )
+
+    async def _read_head(self, *, wait_first_byte: bool) -> tuple[Request, int] | None:
+        """Parse the next request head; None when the client closed between requests.
+
+        A kept-alive connection may sit idle for ``idle_timeout``; once the first byte of a
+        head is in, the whole head must arrive within ``head_timeout`` (slowloris defence).
+        """
+        limits = self.rt.config.limits
+        if not self.buf:
+            if not wait_first_byte:
+                raise AssertionError("the server hands over the first bytes")
+            try:
+                async with asyncio.timeout(limits.idle_timeout):
+                    data = await self.loop.sock_recv(self.sock, RECV_SIZE)
+            except TimeoutError:
+                return None
+            if not data:
+                return None
+            self.buf += data
+        try:
+            async with asyncio.timeout(limits.head_timeout):
+                while True:
+                    parsed = http1.parse_request(
+                        self.buf,
+                        max_head=limits.max_head_bytes,
+                        max_headers=limits.max_headers,
+                        max_line=limits.max_line,
+                    )
+                    if parsed is not None:
+                        return parsed
+                    data = await self.loop.sock_recv(self.sock, RECV_SIZE)
+                    if not data:
+                        raise ClientGone
+                    self.buf += data
+        except TimeoutError:
+            raise HttpError(408, "request head not received in time") from None
+
+    async def _send(self, data: bytes) -> None:
+        try:
+            await self.loop.sock_sendall(self.sock, data)
+        except OSError:
+            raise ClientGone from None
+
+    async def _send_quietly(self, data: bytes) -> None:
+        if self.sock is not None:
+            with contextlib.suppress(OSError):
+                await self.loop.sock_sendall(self.sock, data)
+
+    async def _forward(self, req: Request, timeout: float) -> bool:
+        """Send one request to its origin and stream the answer back.
+
+        Returns True when the client connection may carry another request.
+        """
+        rt = self.rt
+        plan = rt.router.plan(req.host, req.port)
+        dialer = plan.first
+        key: PoolKey = (dialer.name, req.host, req.port)
+        head = http1.encode_request_for_origin(req, via="1.1 proxyd" if rt.config.via else None)
+        origin = rt.pool.checkout(key)
+        reused = origin is not None
+        response: tuple[Response, bytearray] | None = None
+        for _attempt in range(2):
+            if origin is None:
+                try:
+                    origin = await dialer.dial(
+                        req.host,
+                        req.port,
+                        timeout=rt.config.limits.connect_timeout,
+                        client_ip=self.client_ip,
+                    )
+                except DialError as err:
+                    rt.stats.dial_failures += 1
+                    await self._send(
+                        http1.error_response(err.http_status, f"proxyd: {err.describe()}")
+                    )
+                    return False
+            try:
+                response = await self._exchange(req, head, origin, timeout)
+                break
+            except _StaleOrigin:
+                # A pooled connection the origin closed while idle; a fresh one is safe to
+                # try once because the origin never saw this request.
+                origin.sock.close()
+                origin = None
+                if not reused:
+                    await self._send(http1.error_response(502, "proxyd: origin closed early"))
+                    return False
+                reused = False
+        assert origin is not None and response is not None
+        resp, rbuf = response
+        return await self._relay_response(req, resp, rbuf, origin, key, timeout)
+
+    async def _exchange(
+        self, req: Request, head: bytes, origin: Connection, timeout: float
+    ) -> tuple[Response, bytearray]:
+        """Send head and body, return the final response head and bytes read past it."""
+        upload: asyncio.Task[None] | None = None
+        try:
+            try:
+                await self.loop.sock_sendall(origin.sock, head)
+            except OSError:
+                raise _StaleOrigin from None
+            if req.body.kind is not BodyKind.NONE:
+                # Concurrent so that ``Expect: 100-continue`` and early answers work.
+                upload = asyncio.ensure_future(self._upload(req, origin, timeout))
+            return await self._read_response(req, origin, timeout, upload)
+        except BaseException:
+            if upload is not None:
+                upload.cancel()
+            raise
+
+    async def _read_response(
+        self, req: Request, origin: Connection, timeout: float, upload: asyncio.Task[None] | None
+    ) -> tuple[Response, bytearray]:
+        try:
+            return await self._read_response_head(req, origin, timeout, upload)
+        except TimeoutError:
+            raise HttpError(504, f"origin sent no answer within {timeout:g}s") from None
+
+    async def _read_response_head(
+        self, req: Request, origin: Connection, timeout: float, upload: asyncio.Task[None] | None
+    ) -> tuple[Response, bytearray]:
+        rbuf = bytearray()
+        got_any = False
+        async with asyncio.timeout(timeout):
+            while True:
+                parsed = http1.parse_response(rbuf, request_method=req.method)
+                if parsed is not None:
+                    resp, head_len = parsed
+                    if resp.interim:
+                        if req.version == "HTTP/1.1":
+                            await self._send(bytes(rbuf[:head_len]))
+                        del rbuf[:head_len]
+                        continue
+                    del rbuf[:head_len]
+                    if upload is not None and not upload.done():
+                        # The origin answered before the body was sent: finish the upload
+                        # only if the answer is success; otherwise stop and close after it.
+                        if 200 <= resp.status < 300:
+                            await upload
+                        else:
+                            upload.cancel()
+                    elif upload is not None:
+                        upload.result()
+                    return resp, rbuf
+                try:
+                    data = await self.loop.sock_recv(origin.sock, RECV_SIZE)
+                except ConnectionError:
+                    data = b""
+                if not data:
+                    if not got_any and req.body.kind is BodyKind.NONE:
+                        raise _StaleOrigin
+                    raise HttpError(502, "origin closed the connection without an answer")
+                got_any = True
+                rbuf += data
+
+    async def _upload(self, req: Request, origin: Connection, timeout: float) -> None:
+        if req.body.kind is BodyKind.LENGTH:
+            have = min(len(self.buf), req.body.length)
+            if have:
+                await self.loop.sock_sendall(origin.sock, self.buf[:have])
+                del self.buf[:have]
+            rest = req.body.length - have
+            if rest:
+                await self._copy_exact(self.sock, origin.sock, rest, timeout)
+            return
+        scanner = BodyScanner(req.body)
+        data = bytes(self.buf)
+        self.buf.clear()
+        async with asyncio.timeout(timeout) as deadline:
+            while True:
+                used = scanner.feed(data)
+                if used:
+                    await self.loop.sock_sendall(origin.sock, data[:used])
+                if scanner.done:
+                    self.buf += data[used:]
+                    return
+                data = await self.loop.sock_recv(self.sock, RECV_SIZE)
+                if not data:
+                    raise ClientGone
+                deadline.reschedule(self.loop.time() + timeout)
+
+    async def _copy_exact(
+        self, src: socket.socket, dst: socket.socket, count: int, timeout: float
+    ) -> None:
+        if count >= SPLICE_THRESHOLD:
+            await self.pipe.copy_exact(src, dst, count, timeout=timeout)
+            return
+        async with asyncio.timeout(timeout):
+            while count:
+                data = await self.loop.sock_recv(src, min(count, RECV_SIZE))
+                if not data:
+                    raise ConnectionResetError("peer closed before the body ended")
+                count -= len(data)
+                await self.loop.sock_sendall(dst, data)
+
+    async def _relay_response(
+        self,
+        req: Request,
+        resp: Response,
+        rbuf: bytearray,
+        origin: Connection,
+        key: PoolKey,
+        timeout: float,
+    ) -> bool:
+        if resp.status == 101 and req.upgrade:
+            await self._send(http1.encode_response_for_client(resp, keep_alive=True) + rbuf)
+            if self.buf:
+                await self.loop.sock_sendall(origin.sock, self.buf)
+            await relay(self.rt, self.sock, origin)
+            self.sock = None  # type: ignore[assignment]
+            return False
+        framing = resp.body
+        client_keep_alive = (
+            req.keep_alive and framing.kind is not BodyKind.UNTIL_CLOSE and not self.rt.draining
+        )
+        head = http1.encode_response_for_client(resp, keep_alive=client_keep_alive)
+        origin_reusable = resp.keep_alive
+        try:
+            if framing.kind is BodyKind.NONE:
+                await self._send(head)
+                origin_reusable = origin_reusable and not rbuf
+            elif framing.kind is BodyKind.LENGTH:
+                have = min(len(rbuf), framing.length)
+                await self._send(head + rbuf[:have])
+                origin_reusable = origin_reusable and len(rbuf) <= framing.length
+                rest = framing.length - have
+                if rest:
+                    await self._copy_exact(origin.sock, self.sock, rest, timeout)
+            elif framing.kind is BodyKind.CHUNKED:
+                origin_reusable = await self._relay_chunked(head, rbuf, origin, framing, timeout)
+            else:
+                await self._send(head + rbuf)
+                await self.pipe.copy_until_eof(origin.sock, self.sock, timeout=timeout)
+                origin_reusable = False
+        except BaseException:
+            origin.sock.close()
+            raise
+        if origin_reusable:
+            self.rt.pool.checkin(key, origin)
+        else:
+            origin.sock.close()
+        return client_keep_alive
+
+    async def _relay_chunked(
+        self,
+        head: bytes,
+        rbuf: bytearray,
+        origin: Connection,
+        framing: http1.Framing,
+        timeout: float,
+    ) -> bool:
+        scanner = BodyScanner(framing)
+        data = bytes(rbuf)
+        pending = head
+        async with asyncio.timeout(timeout) as deadline:
+            while True:
+                used = scanner.feed(data)
+                await self._send(pending + data[:used] if pending else data[:used])
+                pending = b""
+                if scanner.done:
+                    return used == len(data)
+                data = await self.loop.sock_recv(origin.sock, RECV_SIZE)
+                if not data:
+                    raise ConnectionResetError("origin closed in the middle of a chunked body")
+                deadline.reschedule(self.loop.time() + timeout)
+
+
+class _StaleOrigin(Exception):
+    """The origin closed before sending any byte of the answer."""
+
+
+def log_unexpected(exc: BaseException, client_ip: str) -> None:
+    log.error("internal error serving %s: %s: %s", client_ip, type(exc).__name__, exc)

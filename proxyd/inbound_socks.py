@@ -1,0 +1,77 @@
+"""SOCKS5 / SOCKS4a clients: drive the sans-IO handshake over the raw socket, then tunnel."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+
+from proxyd.dialers import Connection
+from proxyd.errors import DialError
+from proxyd.runtime import Runtime
+from proxyd.socks import ConnectRequest, HandshakeFailed, SendBytes, SocksHandshake
+from proxyd.tunnel import run_tunnel
+
+_RULESET_REFUSAL = 0x02
+
+
+class _SocksReply:
+    def __init__(self, sock: socket.socket, handshake: SocksHandshake) -> None:
+        self._sock = sock
+        self._handshake = handshake
+
+    async def success(self, conn: Connection) -> None:
+        try:
+            bound_host, bound_port = conn.sock.getsockname()[:2]
+        except OSError:
+            bound_host, bound_port = "0.0.0.0", 0
+        reply = self._handshake.success_reply(bound_host, bound_port)
+        await asyncio.get_running_loop().sock_sendall(self._sock, reply)
+
+    async def failure(self, err: DialError) -> None:
+        reply = self._handshake.failure_reply(err.socks5_reply)
+        with contextlib.suppress(OSError):
+            await asyncio.get_running_loop().sock_sendall(self._sock, reply)
+
+
+async def serve_socks(
+    rt: Runtime, sock: socket.socket, client_ip: str, first_bytes: bytes, *, allowed: bool
+) -> None:
+    """Run one SOCKS client from its first bytes to the end of its tunnel."""
+    loop = asyncio.get_running_loop()
+    access = rt.access
+    handshake = SocksHandshake(
+        check_credentials=access.check_credentials if access.auth_required else None
+    )
+    data = first_bytes
+    async with asyncio.timeout(rt.config.limits.head_timeout):
+        while True:
+            for event in handshake.receive_data(data):
+                if isinstance(event, SendBytes):
+                    await loop.sock_sendall(sock, event.data)
+                elif isinstance(event, HandshakeFailed):
+                    await loop.sock_sendall(sock, event.reply)
+                    return
+                elif isinstance(event, ConnectRequest):
+                    request = event
+                    break
+            else:
+                data = await loop.sock_recv(sock, 4096)
+                if not data:
+                    return
+                continue
+            break
+    reply = _SocksReply(sock, handshake)
+    if not allowed:
+        rt.stats.rejected += 1
+        await loop.sock_sendall(sock, handshake.failure_reply(_RULESET_REFUSAL))
+        return
+    await run_tunnel(
+        rt,
+        sock,
+        request.host,
+        request.port,
+        reply=reply,
+        client_ip=client_ip,
+        client_bytes=handshake.leftover,
+    )

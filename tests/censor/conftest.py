@@ -1,0 +1,62 @@
+"""Fixtures for tests that run inside the censorship lab (see netlab.py).
+
+- ``netlab``: one ``NetLab`` for the whole session. After every test that used it, the
+  lab is ``reset()`` (default censorship, first SOCKS server up, extra ones stopped), so a
+  test may lift blocks or kill upstreams freely.
+- Every test under this directory is marked ``censor``.
+
+Without root, ip netns or the lab's programs the tests skip, loudly; with
+``PROXYD_CENSOR_REQUIRED=1`` (for CI) they fail instead.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from lab_netns import LabUnavailable, tool
+from netlab import NetLab
+
+_HERE = Path(__file__).resolve().parent
+_NEEDED_TOOLS = ("ip", "iptables", "iptables-restore", "dnsmasq", "microsocks", "curl")
+_PACKAGES = "iproute2 iptables dnsmasq-base microsocks curl"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if _HERE in item.path.parents:
+            item.add_marker(pytest.mark.censor)
+
+
+def _lab_unavailable(reason: str) -> None:
+    message = f"CENSORSHIP LAB NOT RUN: {reason} (needs root and: {_PACKAGES})"
+    if os.environ.get("PROXYD_CENSOR_REQUIRED") == "1":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def netlab() -> Iterator[NetLab]:
+    if os.geteuid() != 0:
+        _lab_unavailable("not running as root")
+    lab = NetLab()
+    try:
+        for name in _NEEDED_TOOLS:
+            tool(name)
+        lab.__enter__()
+    except LabUnavailable as error:
+        _lab_unavailable(str(error))
+    try:
+        yield lab
+    finally:
+        lab.close()
+
+
+@pytest.fixture(autouse=True)
+def _reset_netlab_after_test(request: pytest.FixtureRequest) -> Iterator[None]:
+    yield
+    lab = request.node.funcargs.get("netlab")
+    if isinstance(lab, NetLab):
+        lab.reset()
