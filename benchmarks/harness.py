@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         _log(f"missing {', '.join(missing)}: run benchmarks/setup.sh first")
         return 2
-    procs.raise_nofile(NOFILE)
+    nofile = procs.raise_nofile(NOFILE)
     os.sched_setaffinity(0, {procs.CLIENT_CPU})
     results = report.Results()
     meta: dict[str, Any] = {
@@ -176,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         "quick": args.quick,
         "workloads": [w.name for w in workloads],
         "versions": _versions(),
+        "rlimit_nofile": nofile,
     }
     with tempfile.TemporaryDirectory(prefix="proxyd-bench-") as tmp:
         workdir = Path(tmp)
@@ -195,7 +196,13 @@ def main(argv: list[str] | None = None) -> int:
     meta["loadavg_end"] = _loadavg()
     targets = ["direct", *(p.name for p in peers)]
     steps = Context(origin, workdir, args.quick).tunnel_steps
-    print(report.table(results, targets, steps))
+    footer = []
+    if nofile < 2 * steps[-1] + 64:
+        footer.append(
+            f"RLIMIT_NOFILE is capped at {nofile:,} here (no CAP_SYS_RESOURCE to raise it): at 2 "
+            f"fds per tunnel a proxy can hold about {(nofile - 64) // 2:,} tunnels at most."
+        )
+    print(report.table(results, targets, steps, footer))
     out = args.json or RESULTS_DIR / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report.to_json(results, targets, meta), indent=2) + "\n")

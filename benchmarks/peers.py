@@ -28,18 +28,24 @@ from benchmarks import procs
 
 REPO = Path(__file__).resolve().parent.parent
 
-# The config format is still being written: the lead adjusts this template (and the flag that
-# loads it, below). It must force every destination, loopback included, through the upstream.
+# proxyd's benchmark config. Its connection limits match the peers' (MaxClients 20000); the
+# SOCKS part forces every loopback destination (the origin) through the upstream. The lead
+# owns the format: adjust here when config.py changes.
+PROXYD_CONFIG_TEMPLATE = """\
+[limits]
+max_connections = 20000
+max_connections_per_client = 20000
+"""
 PROXYD_SOCKS_CONFIG_TEMPLATE = """\
 [[upstream]]
 name = "bench-socks"
 url = "socks5://127.0.0.1:{socks_port}"
 
 [[rule]]
-match = "*"
+cidr = "127.0.0.0/8"
 route = "bench-socks"
 """
-PROXYD_CONFIG_FLAG = "-c"
+# Hook for the "learning+metrics overhead" target: the lead names the real switch.
 PROXYD_BARE_ENV = {"PROXYD_BENCH_BARE": "1"}
 PROXYD_BARE_ARGS: tuple[str, ...] = ()
 
@@ -66,15 +72,15 @@ def _python_env() -> dict[str, str]:
 
 def _proxyd(extra_args: tuple[str, ...], extra_env: dict[str, str]) -> Callable[..., Launch]:
     def build(d: Path, port: int, socks_port: int | None) -> Launch:
-        cmd = [sys.executable, "-m", "proxyd", "run", "--listen", f"127.0.0.1:{port}"]
-        cmd += ["--admin", f"127.0.0.1:{procs.free_port()}", "--log-level", "warning"]
+        conf = PROXYD_CONFIG_TEMPLATE
         if socks_port:
-            conf = d / "proxyd.toml"
-            conf.write_text(PROXYD_SOCKS_CONFIG_TEMPLATE.format(socks_port=socks_port))
-            cmd += [PROXYD_CONFIG_FLAG, str(conf)]
-        # Keep learned state out of the user's XDG directory.
-        env = {**_python_env(), "XDG_STATE_HOME": str(d / "state"), **extra_env}
-        return [*cmd, *extra_args], env
+            conf += "\n" + PROXYD_SOCKS_CONFIG_TEMPLATE.format(socks_port=socks_port)
+        (d / "proxyd.toml").write_text(conf)
+        cmd = [sys.executable, "-m", "proxyd", "run", "-c", str(d / "proxyd.toml")]
+        cmd += ["--listen", f"127.0.0.1:{port}", "--admin", f"127.0.0.1:{procs.free_port()}"]
+        # Learned state goes to the temp dir, never the user's.
+        cmd += ["--log-level", "warning", "--state-dir", str(d / "state")]
+        return [*cmd, *extra_args], {**_python_env(), **extra_env}
 
     return build
 

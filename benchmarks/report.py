@@ -4,8 +4,9 @@
   direct is shown (``25.9k (0.50x)``). Labels may name the tunnel steps as {step1}/{step2}.
 - ``Results``: ``add(metric, target, value)`` / ``fail(metric, target, reason)`` per run,
   ``detail(...)`` for JSON-only context; ``median(metric, target)``.
-- ``table(results, targets, steps)`` renders a Markdown table (paste-able into the README) with
-  reasons for "n/a" cells as numbered notes under it; ``to_json(...)`` the full record.
+- ``table(results, targets, steps, footer)`` renders a Markdown table (paste-able into the
+  README) with reasons for "n/a" cells as numbered notes under it, then the ``footer`` lines;
+  ``to_json(...)`` the full record.
 """
 
 from __future__ import annotations
@@ -95,11 +96,12 @@ def _cell(results: Results, metric: Metric, target: str, notes: list[str]) -> st
     text = fmt(value, metric.unit)
     direct = results.median(metric.key, "direct")
     if metric.ratio and target != "direct" and direct:
-        text += f" ({value / direct:.2f}x)"
+        ratio = value / direct
+        text += f" ({ratio:.2f}x)" if ratio < 10 else f" ({ratio:.0f}x)"
     return text
 
 
-def table(results: Results, targets: list[str], steps: list[int]) -> str:
+def table(results: Results, targets: list[str], steps: list[int], footer: list[str]) -> str:
     header = ["workload", *targets]
     rows = [header, ["---"] * len(header)]
     notes: list[str] = []
@@ -110,7 +112,7 @@ def table(results: Results, targets: list[str], steps: list[int]) -> str:
         rows.append([label, *(_cell(results, metric, t, notes) for t in targets)])
     lines = ["| " + " | ".join(row) + " |" for row in rows]
     lines += [f"[{i}] {reason}" for i, reason in enumerate(notes, 1)]
-    lines += _overhead(results, targets)
+    lines += _overhead(results, targets) + footer
     return "\n".join(lines)
 
 

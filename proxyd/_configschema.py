@@ -1,9 +1,9 @@
 """The configuration schema: the frozen dataclasses ``proxyd.config`` re-exports.
 
-Private: import these from ``proxyd.config``. ``_configvalidate`` builds them from TOML
-and writes them back. Conventions: durations are floats in seconds, sizes ints in
-bytes, hosts lower-case ASCII (IDNA) without a trailing dot; every float field in the
-schema is a duration (the TOML writer relies on it).
+Private: import these from ``proxyd.config``, which builds them from TOML (with
+``_configvalidate``) and writes them back. Conventions: durations are floats in
+seconds, sizes ints in bytes, hosts lower-case ASCII (IDNA) without a trailing dot;
+every float field in the schema is a duration (the TOML writer relies on it).
 """
 
 from __future__ import annotations

@@ -37,6 +37,7 @@ Reader = Callable[[Any, KeyPath], Any]
 LOG_LEVELS = ("debug", "info", "warning", "error")
 BUILTIN_ROUTES = ("direct", "reject", "auto")
 RULE_MATCHERS = ("host", "domain", "regex", "cidr", "port")
+REMOTE_DNS_SCHEMES = frozenset({"socks5h", "socks4a"})
 
 _LISTEN = re.compile(r"\[([^\]]+)\]:([0-9]{1,5})|([^:\[\]]+):([0-9]{1,5})")
 _HOST_LABEL = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)")
@@ -90,12 +91,12 @@ def _count(minimum: int, maximum: int = 2**31 - 1) -> Reader:
 
 def _size(minimum: int) -> Reader:
     def read(value: object, path: KeyPath) -> int:
-        if type(value) not in (int, str):
+        if isinstance(value, bool) or not isinstance(value, int | str):
             raise SchemaError(
                 path, f'expected bytes (65536) or a size ("64KiB"), got {_kind(value)}'
             )
         try:
-            size = parse_size(value)  # type: ignore[arg-type]
+            size = parse_size(value)
         except ValueError as exc:
             raise SchemaError(path, str(exc)) from None
         if size < minimum:
@@ -191,9 +192,7 @@ def _listen_address(value: object, path: KeyPath) -> ListenAddress:
     except ValueError:
         raise SchemaError(path, f"{host!r} is not an IP address (or localhost)") from None
     if (ip.version == 6) != bool(bracketed):
-        raise SchemaError(
-            path, f"write an IPv6 address as [{host}]:{port} and only IPv6 in brackets"
-        )
+        raise SchemaError(path, "brackets are for IPv6, and IPv6 needs them: [::1]:8080")
     return ListenAddress(str(ip), port)
 
 
@@ -340,9 +339,11 @@ def _upstream(value: object, path: KeyPath) -> UpstreamConfig:
         )
     except ValueError as exc:
         raise SchemaError((*path, "url"), str(exc)) from None
-    if tor and upstream.scheme not in SOCKS_SCHEMES:
+    if tor and upstream.scheme not in REMOTE_DNS_SCHEMES:
+        # Local resolution cannot reach .onion and leaks every name to the local resolver.
         raise SchemaError(
-            (*path, "tor"), f"Tor is reached over SOCKS (socks5h://), not {upstream.scheme}://"
+            (*path, "tor"),
+            f"Tor needs socks5h:// or socks4a:// (remote DNS), not {upstream.scheme}://",
         )
     if upstream.isolate and upstream.scheme not in SOCKS_SCHEMES:
         raise SchemaError(

@@ -143,7 +143,7 @@ def _parse(text: str, source: str, overrides: Mapping[str, object]) -> Config:
 
 def _build(raw: Mapping[str, Any]) -> Config:
     config = read_config(raw)
-    _check_listeners(config)
+    _check_listeners(config, raw)
     _check_route_names(config)
     if config.learning.retest_max < config.learning.retest_initial:
         blame = "retest_max" if "retest_max" in raw.get("learning", {}) else "retest_initial"
@@ -151,7 +151,7 @@ def _build(raw: Mapping[str, Any]) -> Config:
     return config
 
 
-def _check_listeners(config: Config) -> None:
+def _check_listeners(config: Config, raw: Mapping[str, Any]) -> None:
     addresses: list[tuple[KeyPath, ListenAddress]] = [
         (("listen", index), address) for index, address in enumerate(config.listen)
     ]
@@ -159,11 +159,14 @@ def _check_listeners(config: Config) -> None:
         raise SchemaError(("listen",), "at least one address is needed")
     if config.admin is not None:
         addresses.append((("admin",), config.admin))
-    seen: set[ListenAddress] = set()
+    seen: dict[ListenAddress, KeyPath] = {}
     for path, address in addresses:
         if address.port and address in seen:
-            raise SchemaError(path, f"{address} is already used by another listener")
-        seen.add(address)
+            first = seen[address]
+            blame = path if path[0] in raw else first  # the one the user wrote
+            message = f"{address} is both {_render_key(first)} and {_render_key(path)}"
+            raise SchemaError(blame, message)
+        seen[address] = path
         if config.allow or address.is_loopback:
             continue
         # Safety: an open proxy on a public address is abused within hours, and the admin

@@ -11,8 +11,8 @@ Public API:
 - ``classify_dial_error(err) -> Reason``.
 - ``classify_first_response(client_first_bytes, server_first_bytes, *, fingerprints)
   -> Reason | None``: None means "looks like a real server".
-- ``Fingerprints.compile(location=[...], body=[...], body_window=...)``: configured block
-  page patterns (``re`` syntax; a bad pattern raises ``re.error``).
+- ``Fingerprints.compile(patterns, location=[...], body=[...], body_window=...)``:
+  configured block page patterns (``re`` syntax, searched; a bad one raises ``re.error``).
 - ``sni_from_client_hello(data) -> str | None``.
 - ``DnsPoisonDetector(blockpage_networks, *, same_address_threshold, window)`` with
   ``check(host, addresses, *, now)`` and ``note_blockpage_address(address)``.
@@ -278,11 +278,18 @@ class Fingerprints:
 
     @classmethod
     def compile(
-        cls, *, location: Iterable[str] = (), body: Iterable[str] = (), body_window: int = 4096
+        cls,
+        patterns: Iterable[str] = (),
+        *,
+        location: Iterable[str] = (),
+        body: Iterable[str] = (),
+        body_window: int = 4096,
     ) -> Fingerprints:
+        """``patterns`` are searched in both places (the config's blockpage_fingerprints)."""
+        patterns = tuple(patterns)
         return cls(
-            location=tuple(re.compile(pattern) for pattern in location),
-            body=tuple(re.compile(pattern.encode()) for pattern in body),
+            location=tuple(re.compile(p) for p in (*patterns, *location)),
+            body=tuple(re.compile(p.encode()) for p in (*patterns, *body)),
             body_window=body_window,
         )
 

@@ -177,8 +177,8 @@ _HOP_BY_HOP = frozenset(
     )
 )
 _FRAMING_FIELDS = frozenset(("host", "content-length", "transfer-encoding"))
-_NOTED = frozenset(("content-length", "transfer-encoding", "connection", "proxy-connection"))
-_NOTED_REQUEST = _NOTED | {"host", "proxy-authorization", "expect", "upgrade"}
+_UNIQUE_REQUEST_FIELDS = frozenset(("host", "proxy-authorization"))
+_TCHAR_OR_NL = _TCHAR + b"\n"
 
 
 def _fail(status: int, reason: str) -> HttpError:
@@ -219,8 +219,9 @@ def parse_request(
         return None
     nl = buf.find(b"\n", start)
     method, target, version = _request_line(bytes(buf[start : nl + 1]), max_line)
-    fields = _fields(bytes(buf[nl + 1 : end]), max_headers, 400, 431)
-    return _request(method, target, version, fields), end + 4
+    block = bytes(buf[nl + 1 : end])
+    fields, by_name = _fields(block, max_headers, 400, 431, _UNIQUE_REQUEST_FIELDS)
+    return _request(method, target, version, fields, by_name), end + 4
 
 
 def _request_line(line: bytes, max_line: int) -> tuple[str, str, str]:
@@ -243,25 +244,39 @@ def _request_line(line: bytes, max_line: int) -> tuple[str, str, str]:
     return method.decode(), target.decode(), version.decode()
 
 
-def _fields(block: bytes, max_headers: int, status: int, too_many: int) -> list[tuple[str, str]]:
+def _fields(
+    block: bytes, max_headers: int, status: int, too_many: int, unique: frozenset[str]
+) -> tuple[tuple[tuple[str, str], ...], dict[str, str]]:
+    """Header fields in order, and by lowercase name with repeats combined as RFC 9110 5.3."""
     if not block:
-        return []
+        return (), {}
     _check_line_endings(block, 0, len(block), status)
     if block.count(b"\r\n") >= max_headers:
         raise _fail(too_many, "too many header fields")
     if block.translate(None, _FIELD_BYTES):
         raise _fail(status, "control character in header")
-    fields = []
     names = []
+    values = []
     for line in block.decode("latin-1").split("\r\n"):
         name, colon, value = line.partition(":")
         if not colon:
             raise _fail(status, _diagnose_names([line]))
         names.append(name)
-        fields.append((name, value.strip(" \t")))
-    if "" in names or "".join(names).encode("latin-1").translate(None, _TCHAR):
+        values.append(value.strip(" \t"))
+    joined = "\n".join(names)
+    if "" in names or joined.encode("latin-1").translate(None, _TCHAR_OR_NL):
         raise _fail(status, _diagnose_names(names))
-    return fields
+    keys = joined.lower().split("\n")
+    by_name = dict(zip(keys, values, strict=True))
+    if len(by_name) < len(keys):
+        by_name = {}
+        for key, value in zip(keys, values, strict=True):
+            if key in by_name:
+                if key in unique:
+                    raise _fail(status, f"more than one {key}")
+                value = f"{by_name[key]}, {value}"
+            by_name[key] = value
+    return tuple(zip(names, values, strict=True)), by_name
 
 
 def _diagnose_names(names: list[str]) -> str:
@@ -273,23 +288,14 @@ def _diagnose_names(names: list[str]) -> str:
     return "invalid header name or line without colon"
 
 
-def _noted(fields: list[tuple[str, str]], wanted: frozenset[str]) -> dict[str, list[str]]:
-    noted: dict[str, list[str]] = {}
-    for name, value in fields:
-        key = name.lower()
-        if key in wanted:
-            noted.setdefault(key, []).append(value)
-    return noted
-
-
-def _tokens(values: list[str] | None) -> set[str]:
-    if not values:
+def _tokens(value: str | None) -> set[str]:
+    if not value:
         return set()
-    return {t.strip(" \t").lower() for v in values for t in v.split(",")} - {""}
+    return {t.strip(" \t").lower() for t in value.split(",")} - {""}
 
 
-def _content_length(values: list[str], status: int) -> int:
-    lengths = {v.strip(" \t") for value in values for v in value.split(",")}
+def _content_length(value: str, status: int) -> int:
+    lengths = {v.strip(" \t") for v in value.split(",")}
     if len(lengths) != 1:
         raise _fail(status, "conflicting Content-Length")
     (length,) = lengths
@@ -298,8 +304,8 @@ def _content_length(values: list[str], status: int) -> int:
     return int(length)
 
 
-def _codings(values: list[str], status: int) -> list[str]:
-    codings = [c.strip(" \t").lower() for value in values for c in value.split(",")]
+def _codings(value: str, status: int) -> list[str]:
+    codings = [c.strip(" \t").lower() for c in value.split(",")]
     for coding in codings:
         if not coding or coding.encode("latin-1").translate(None, _TCHAR):
             raise _fail(status, "malformed Transfer-Encoding")
@@ -308,11 +314,11 @@ def _codings(values: list[str], status: int) -> list[str]:
     return codings
 
 
-def _request_body(noted: dict[str, list[str]], version: str) -> Framing:
-    te = noted.get("transfer-encoding")
-    cl = noted.get("content-length")
-    if te:
-        if cl:
+def _request_body(by_name: dict[str, str], version: str) -> Framing:
+    te = by_name.get("transfer-encoding")
+    cl = by_name.get("content-length")
+    if te is not None:
+        if cl is not None:
             raise _fail(400, "both Content-Length and Transfer-Encoding")
         if version == "HTTP/1.0":
             raise _fail(400, "Transfer-Encoding in HTTP/1.0 request")
@@ -322,7 +328,7 @@ def _request_body(noted: dict[str, list[str]], version: str) -> Framing:
                 raise _fail(501, "unsupported Transfer-Encoding")
             raise _fail(400, "unknown Transfer-Encoding")
         return Framing.CHUNKED
-    if cl:
+    if cl is not None:
         return Framing(BodyKind.LENGTH, _content_length(cl, 400))
     return Framing.NONE
 
@@ -362,11 +368,14 @@ def _authority(authority: str, default_port: int | None) -> tuple[str, int]:
     return host, port
 
 
-def _request(method: str, target: str, version: str, fields: list[tuple[str, str]]) -> Request:
-    noted = _noted(fields, _NOTED_REQUEST)
-    hosts = noted.get("host", [])
-    if len(hosts) > 1:
-        raise _fail(400, "more than one Host")
+def _request(
+    method: str,
+    target: str,
+    version: str,
+    fields: tuple[tuple[str, str], ...],
+    by_name: dict[str, str],
+) -> Request:
+    host_field = by_name.get("host")
     origin_form = False
     if method == "CONNECT":
         host, port = _authority(target, None)
@@ -375,45 +384,35 @@ def _request(method: str, target: str, version: str, fields: list[tuple[str, str
         if "#" in target:
             raise _fail(400, "fragment in request target")
         rest = target[7:]
-        cut = len(rest)
-        for mark in "/?":
-            found = rest.find(mark)
-            if 0 <= found < cut:
-                cut = found
+        cut = min(rest.find(mark) % (len(rest) + 1) for mark in "/?")
         host, port = _authority(rest[:cut], 80)
         path = rest[cut:]
         path = path if path.startswith("/") else "/" + path
     elif target.startswith("/") or (target == "*" and method == "OPTIONS"):
         origin_form = True
-        if not hosts and version == "HTTP/1.1":
+        if host_field is None and version == "HTTP/1.1":
             raise _fail(400, "missing Host")
-        host, port = _authority(hosts[0], 80) if hosts else ("", 80)
+        host, port = _authority(host_field, 80) if host_field is not None else ("", 80)
         path = target
     else:
         raise _fail(400, "request target must be http:// absolute-form")
-    conn = _tokens(noted.get("connection")) | _tokens(noted.get("proxy-connection"))
-    websocket = (
-        method == "GET" and "upgrade" in conn and "websocket" in _tokens(noted.get("upgrade"))
-    )
-    auth = noted.get("proxy-authorization")
-    if auth and len(auth) > 1:
-        raise _fail(400, "more than one Proxy-Authorization")
+    conn = _tokens(by_name.get("connection")) | _tokens(by_name.get("proxy-connection"))
     return Request(
-        method=method,
-        target=target,
-        version=version,
-        headers=tuple(fields),
-        host=host,
-        port=port,
-        path=path,
-        is_connect=method == "CONNECT",
-        origin_form=origin_form,
-        body=_request_body(noted, version),
-        keep_alive="close" not in conn and (version == "HTTP/1.1" or "keep-alive" in conn),
-        proxy_authorization=auth[0] if auth else None,
-        expect_continue="100-continue" in _tokens(noted.get("expect")),
-        idempotent=method in _IDEMPOTENT,
-        upgrade=websocket,
+        method,
+        target,
+        version,
+        fields,
+        host,
+        port,
+        path,
+        method == "CONNECT",
+        origin_form,
+        _request_body(by_name, version),
+        "close" not in conn and (version == "HTTP/1.1" or "keep-alive" in conn),
+        by_name.get("proxy-authorization"),
+        "100-continue" in _tokens(by_name.get("expect")),
+        method in _IDEMPOTENT,
+        method == "GET" and "upgrade" in conn and "websocket" in _tokens(by_name.get("upgrade")),
     )
 
 
@@ -427,42 +426,41 @@ def parse_response(
             raise _fail(502, "response head too large")
         return None
     nl = buf.find(b"\n")
-    line = bytes(buf[: nl - 1])
-    if buf[nl - 1] != 13 or b"\r" in line or line.translate(None, _FIELD_BYTES):
+    line = bytes(buf[: nl + 1])
+    if not line.endswith(b"\r\n") or b"\r" in line[:-2] or line.translate(None, _FIELD_BYTES):
         raise _fail(502, "malformed status line")
-    version, _, rest = line.partition(b" ")
+    version, _, rest = line[:-2].partition(b" ")
     code, _, reason = rest.partition(b" ")
     if version not in _VERSIONS:
         raise _fail(502, "unsupported HTTP version from server")
     if not (len(code) == 3 and code.isdigit() and b"100" <= code <= b"599"):
         raise _fail(502, "invalid status code")
     status = int(code)
-    fields = _fields(bytes(buf[nl + 1 : end]), max_headers, 502, 502)
-    noted = _noted(fields, _NOTED)
-    body = _response_body(noted, status, request_method, version)
-    conn = _tokens(noted.get("connection"))
+    fields, by_name = _fields(bytes(buf[nl + 1 : end]), max_headers, 502, 502, frozenset())
+    body = _response_body(by_name, status, request_method, version)
+    conn = _tokens(by_name.get("connection"))
     keep_alive = (
         body.kind is not BodyKind.UNTIL_CLOSE
         and "close" not in conn
         and (version == b"HTTP/1.1" or "keep-alive" in conn)
     )
     response = Response(
-        status, reason.decode("latin-1"), version.decode(), tuple(fields), body, keep_alive
+        status, reason.decode("latin-1"), version.decode(), fields, body, keep_alive
     )
     return response, end + 4
 
 
 def _response_body(
-    noted: dict[str, list[str]], status: int, request_method: str, version: bytes
+    by_name: dict[str, str], status: int, request_method: str, version: bytes
 ) -> Framing:
     if request_method == "HEAD" or status < 200 or status in (204, 304):
         return Framing.NONE
     if request_method == "CONNECT" and status < 300:
         return Framing.NONE
-    te = noted.get("transfer-encoding")
-    cl = noted.get("content-length")
-    if te:
-        if cl:
+    te = by_name.get("transfer-encoding")
+    cl = by_name.get("content-length")
+    if te is not None:
+        if cl is not None:
             raise _fail(502, "both Content-Length and Transfer-Encoding")
         if version == b"HTTP/1.0":
             raise _fail(502, "Transfer-Encoding in HTTP/1.0 response")
@@ -472,45 +470,45 @@ def _response_body(
         if "chunked" in codings:
             raise _fail(502, "chunked is not the final coding")
         return Framing.UNTIL_CLOSE
-    if cl:
+    if cl is not None:
         return Framing(BodyKind.LENGTH, _content_length(cl, 502))
     return Framing.UNTIL_CLOSE
 
 
-def _forwarded_fields(
-    headers: tuple[tuple[str, str], ...], keep_upgrade: bool
-) -> Iterable[tuple[str, str, str]]:
-    named = _tokens([v for n, v in headers if n.lower() == "connection"]) - _FRAMING_FIELDS
-    drop = (_HOP_BY_HOP | named) - ({"upgrade"} if keep_upgrade else set())
-    content_length_seen = False
-    for name, value in headers:
-        key = name.lower()
-        if key in drop:
+def _forwarded_lines(
+    headers: tuple[tuple[str, str], ...], *, keep_upgrade: bool, host_line: str | None
+) -> list[str]:
+    """Field lines minus hop-by-hop ones, one Content-Length, Host first when ``host_line``."""
+    keys = "\n".join([name for name, _ in headers]).lower().split("\n") if headers else []
+    drop = _HOP_BY_HOP
+    if "connection" in keys:
+        named = ",".join([v for k, (_, v) in zip(keys, headers, strict=True) if k == "connection"])
+        drop = drop | (_tokens(named) - _FRAMING_FIELDS)
+    if keep_upgrade:
+        drop = drop - {"upgrade"}
+    lines = [] if host_line is None else [host_line]
+    length_seen = False
+    for key, (name, value) in zip(keys, headers, strict=True):
+        if key in drop or (key == "host" and host_line is not None):
             continue
         if key == "content-length":
-            if content_length_seen:
+            if length_seen:
                 continue
-            content_length_seen = True
+            length_seen = True
             value = value.split(",")[0].strip(" \t")
-        yield key, name, value
+        lines.append(f"{name}: {value}")
+    return lines
 
 
 def encode_request_for_origin(req: Request, *, via: str | None = None) -> bytes:
     if req.is_connect:
         raise ValueError("CONNECT is tunnelled, not forwarded")
-    authority = f"[{req.host}]" if ":" in req.host else req.host
-    if req.port != 80:
-        authority = f"{authority}:{req.port}"
+    host_line = None
+    if not req.origin_form:  # the target's authority wins over Host, RFC 9112 3.2.2
+        host = f"[{req.host}]" if ":" in req.host else req.host
+        host_line = f"Host: {host}" if req.port == 80 else f"Host: {host}:{req.port}"
     lines = [f"{req.method} {req.path} {req.version}"]
-    host_line = f"Host: {authority}"
-    for key, name, value in _forwarded_fields(req.headers, req.upgrade):
-        if key == "host" and not req.origin_form:
-            lines.append(host_line)  # the target's authority wins, RFC 9112 3.2.2
-            host_line = ""
-        else:
-            lines.append(f"{name}: {value}")
-    if host_line and not req.origin_form:
-        lines.insert(1, host_line)
+    lines += _forwarded_lines(req.headers, keep_upgrade=req.upgrade, host_line=host_line)
     if req.upgrade:
         lines.append("Connection: upgrade")
     if via:
@@ -522,7 +520,7 @@ def encode_request_for_origin(req: Request, *, via: str | None = None) -> bytes:
 def encode_response_for_client(resp: Response, *, keep_alive: bool) -> bytes:
     switching = resp.status == 101
     lines = [f"HTTP/1.1 {resp.status} {resp.reason}"]
-    lines.extend(f"{n}: {v}" for _, n, v in _forwarded_fields(resp.headers, switching))
+    lines += _forwarded_lines(resp.headers, keep_upgrade=switching, host_line=None)
     if switching:
         lines.append("Connection: upgrade")
     elif resp.interim:

@@ -70,8 +70,10 @@ class IspResolver:
             "no-hosts",
             "bind-interfaces",
             f"listen-address={ISP_CLIENT_SIDE},{ISP_INTERNET_SIDE}",
-            # root keeps the 0700 work dir readable; the namespace is the sandbox here
+            # Staying root:root keeps the 0700 work dir readable and, as no credential
+            # changes, keeps the parent-death signal that stops it if the tests crash.
             "user=root",
+            "group=root",
             # everything not listed is NXDOMAIN at once instead of REFUSED for lack of servers
             "local=/#/",
         ]

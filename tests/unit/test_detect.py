@@ -25,16 +25,11 @@ NO_FINGERPRINTS = Fingerprints()
 SESSION_ID = slice(44, 76)  # record header 5, handshake header 4, version 2, random 32, len 1
 
 
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
 def client_hello(
-    ca: trustme.CA, server_hostname: str | None = "www.example.com", *, max_tls12: bool = False
+    tls_ca: trustme.CA, server_hostname: str | None = "www.example.com", *, max_tls12: bool = False
 ) -> bytes:
     ctx = ssl.create_default_context()
-    ca.configure_trust(ctx)
+    tls_ca.configure_trust(ctx)
     if server_hostname is None:
         ctx.check_hostname = False
     if max_tls12:
@@ -47,7 +42,7 @@ def client_hello(
 
 
 def server_answer(
-    ca: trustme.CA,
+    tls_ca: trustme.CA,
     hello: bytes,
     *,
     max_version: ssl.TLSVersion | None = None,
@@ -55,7 +50,7 @@ def server_answer(
     tickets: bool = True,
 ) -> bytes:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ca.issue_cert("www.example.com").configure_cert(ctx)
+    tls_ca.issue_cert("www.example.com").configure_cert(ctx)
     if max_version is not None:
         ctx.maximum_version = max_version
     if min_version is not None:
@@ -79,64 +74,66 @@ def classify(client: bytes, server: bytes, fingerprints: Fingerprints = NO_FINGE
 # --- TLS ------------------------------------------------------------------------------
 
 
-def test_real_tls13_server_hello_is_not_evidence(ca: trustme.CA) -> None:
-    hello = client_hello(ca)
-    answer = server_answer(ca, hello)
+def test_real_tls13_server_hello_is_not_evidence(tls_ca: trustme.CA) -> None:
+    hello = client_hello(tls_ca)
+    answer = server_answer(tls_ca, hello)
     assert answer[SESSION_ID] == hello[SESSION_ID]
     assert classify(hello, answer) is None
 
 
-def test_server_hello_not_echoing_session_id_under_tls13_is_injected(ca: trustme.CA) -> None:
-    hello = client_hello(ca)
-    answer = server_answer(ca, hello)
+def test_server_hello_not_echoing_session_id_under_tls13_is_injected(tls_ca: trustme.CA) -> None:
+    hello = client_hello(tls_ca)
+    answer = server_answer(tls_ca, hello)
     forged = answer[: SESSION_ID.start] + bytes(32) + answer[SESSION_ID.stop :]
     assert classify(hello, forged) is Reason.TLS_INJECTED
 
 
-def test_tls12_server_with_fresh_session_id_is_not_evidence(ca: trustme.CA) -> None:
-    hello = client_hello(ca)  # a 32-byte compat-mode session id
-    answer = server_answer(ca, hello, max_version=ssl.TLSVersion.TLSv1_2, tickets=False)
+def test_tls12_server_with_fresh_session_id_is_not_evidence(tls_ca: trustme.CA) -> None:
+    hello = client_hello(tls_ca)  # a 32-byte compat-mode session id
+    answer = server_answer(tls_ca, hello, max_version=ssl.TLSVersion.TLSv1_2, tickets=False)
     assert answer[43] == 32 and answer[SESSION_ID] != hello[SESSION_ID]
     assert classify(hello, answer) is None
 
 
-def test_tls12_server_with_empty_session_id_is_not_evidence(ca: trustme.CA) -> None:
-    hello = client_hello(ca)
-    answer = server_answer(ca, hello, max_version=ssl.TLSVersion.TLSv1_2)
+def test_tls12_server_with_empty_session_id_is_not_evidence(tls_ca: trustme.CA) -> None:
+    hello = client_hello(tls_ca)
+    answer = server_answer(tls_ca, hello, max_version=ssl.TLSVersion.TLSv1_2)
     assert answer[43] == 0
     assert classify(hello, answer) is None
 
 
-def test_tls_alert_as_first_server_record_is_evidence(ca: trustme.CA) -> None:
-    hello = client_hello(ca, max_tls12=True)
-    alert = server_answer(ca, hello, min_version=ssl.TLSVersion.TLSv1_3)
+def test_tls_alert_as_first_server_record_is_evidence(tls_ca: trustme.CA) -> None:
+    hello = client_hello(tls_ca, max_tls12=True)
+    alert = server_answer(tls_ca, hello, min_version=ssl.TLSVersion.TLSv1_3)
     assert alert[0] == 0x15
     assert classify(hello, alert) is Reason.TLS_ALERT_AFTER_HELLO
 
 
-def test_plain_http_answer_to_a_client_hello_is_evidence(ca: trustme.CA) -> None:
+def test_plain_http_answer_to_a_client_hello_is_evidence(tls_ca: trustme.CA) -> None:
     blockpage = b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n"
-    assert classify(client_hello(ca), blockpage) is Reason.TLS_UNEXPECTED_RESPONSE
+    assert classify(client_hello(tls_ca), blockpage) is Reason.TLS_UNEXPECTED_RESPONSE
 
 
-def test_truncated_server_hello_is_not_judged(ca: trustme.CA) -> None:
-    hello = client_hello(ca)
-    answer = server_answer(ca, hello)
+def test_truncated_server_hello_is_not_judged(tls_ca: trustme.CA) -> None:
+    hello = client_hello(tls_ca)
+    answer = server_answer(tls_ca, hello)
     for cut in range(len(answer[:120])):
         assert classify(hello, answer[:cut]) is None
 
 
-def test_sni_is_read_from_a_real_client_hello(ca: trustme.CA) -> None:
-    assert sni_from_client_hello(client_hello(ca, "Blocked.Example.ORG")) == "blocked.example.org"
+def test_sni_is_read_from_a_real_client_hello(tls_ca: trustme.CA) -> None:
+    assert (
+        sni_from_client_hello(client_hello(tls_ca, "Blocked.Example.ORG")) == "blocked.example.org"
+    )
 
 
-def test_client_hello_without_sni_yields_none(ca: trustme.CA) -> None:
-    assert sni_from_client_hello(client_hello(ca, None)) is None
-    assert sni_from_client_hello(client_hello(ca, "198.18.0.1")) is None  # no SNI for IPs
+def test_client_hello_without_sni_yields_none(tls_ca: trustme.CA) -> None:
+    assert sni_from_client_hello(client_hello(tls_ca, None)) is None
+    assert sni_from_client_hello(client_hello(tls_ca, "198.18.0.1")) is None  # no SNI for IPs
 
 
-def test_sni_is_read_from_a_client_hello_split_over_two_records(ca: trustme.CA) -> None:
-    hello = client_hello(ca, "split.example.net")
+def test_sni_is_read_from_a_client_hello_split_over_two_records(tls_ca: trustme.CA) -> None:
+    hello = client_hello(tls_ca, "split.example.net")
     body = hello[5:]
     record = bytes(hello[:3])
     split = (
@@ -150,8 +147,8 @@ def test_sni_is_read_from_a_client_hello_split_over_two_records(ca: trustme.CA) 
     assert sni_from_client_hello(split) == "split.example.net"
 
 
-def test_every_truncation_of_a_client_hello_is_handled(ca: trustme.CA) -> None:
-    hello = client_hello(ca, "www.example.com")
+def test_every_truncation_of_a_client_hello_is_handled(tls_ca: trustme.CA) -> None:
+    hello = client_hello(tls_ca, "www.example.com")
     results = {sni_from_client_hello(hello[:cut]) for cut in range(len(hello))}
     assert results <= {None, "www.example.com"}
     assert sni_from_client_hello(hello) == "www.example.com"
@@ -217,6 +214,15 @@ def test_configured_fingerprints_match_location_and_body() -> None:
     page = b"HTTP/1.1 200 OK\r\nContent-Length: 40\r\n\r\n<h1>ACCESS DENIED by order</h1>"
     assert classify(REQUEST, page, fingerprints) is Reason.BLOCKPAGE_FINGERPRINT
     assert classify(REQUEST, page) is None
+
+
+def test_shared_fingerprints_apply_to_location_and_body() -> None:
+    fingerprints = Fingerprints.compile([r"warning\.rkn\."])
+    assert classify(REQUEST, redirect_to("http://warning.rkn.example/"), fingerprints) is (
+        Reason.BLOCKPAGE_FINGERPRINT
+    )
+    page = b"HTTP/1.1 200 OK\r\n\r\n<a href='http://warning.rkn.example/'>why</a>"
+    assert classify(REQUEST, page, fingerprints) is Reason.BLOCKPAGE_FINGERPRINT
 
 
 def test_body_fingerprint_only_looks_at_the_configured_window() -> None:
