@@ -11,7 +11,7 @@ from pathlib import Path
 from proxyd.config import ConfigError, dump_config, load_config
 from proxyd.server import StartupError
 
-COMMANDS = ("run", "check", "config")
+COMMANDS = ("run", "check", "config", "routes")
 EXIT_CONFIG = 2
 EXIT_STARTUP = 1
 
@@ -36,6 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("run", parents=[common], help="run the daemon (the default)")
     sub.add_parser("check", parents=[common], help="validate the config and exit")
     sub.add_parser("config", parents=[common], help="print the effective config as TOML")
+    sub.add_parser("routes", parents=[common], help="print the learned routes table")
     return parser
 
 
@@ -66,6 +67,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "config":
         sys.stdout.write(dump_config(config))
         return 0
+    if args.command == "routes":
+        from proxyd.routes_table import print_routes
+
+        return print_routes(config)
     logging.basicConfig(
         level=config.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -9,8 +9,11 @@ import signal
 from collections.abc import Mapping
 from pathlib import Path
 
+from proxyd.admin import AdminServer, daemon_context
 from proxyd.config import Config, ConfigError, ListenAddress, load_config
-from proxyd.server import ProxyServer, StartupError
+from proxyd.learned import LearnedRoutes
+from proxyd.server import ProxyServer, StartupError, bind_listener
+from proxyd.statefile import default_state_dir
 from proxyd.systemd import InheritedSocket, Notifier, listen_fds
 
 log = logging.getLogger("proxyd")
@@ -33,7 +36,11 @@ class Daemon:
         self._overrides = dict(overrides)
         self._stop = asyncio.Event()
         self._notifier = Notifier.from_env()
-        self.server = ProxyServer(config)
+        state_dir = config.state_dir or default_state_dir()
+        self.learned = LearnedRoutes(
+            config.learning, state_dir, connect_timeout=config.limits.connect_timeout
+        )
+        self.server = ProxyServer(config, self.learned)
 
     def _summary(self) -> str:
         listening = ", ".join(f"{h}:{p}" for h, p in self.server.addresses)
@@ -60,11 +67,23 @@ class Daemon:
         inherited = listen_fds()
         proxy_sockets = [s for s in inherited if s.name in ("proxy", "unknown")]
         _check_inherited(self.config, proxy_sockets)
+        admin_sockets = [s.socket for s in inherited if s.name == "admin"]
+        if self.config.admin is not None and not admin_sockets:
+            admin_sockets = [bind_listener(self.config.admin)]  # before serving: fail early
+        _prepare_state_dir(self.learned.path.parent)
+        self.learned.load()
         self.server.start([s.socket for s in proxy_sockets] or None)
+        self.learned.start_retests(self.server.direct)
+        health = asyncio.ensure_future(self.server.rt.upstreams.run_health_checks())
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         log.info("proxyd listening on %s", ", ".join(f"{h}:{p}" for h, p in self.server.addresses))
+        admin = AdminServer(daemon_context(self.server, self.learned)) if admin_sockets else None
+        if admin is not None:
+            await admin.start(admin_sockets[0])
+            for endpoint in admin.addresses:
+                self.server.add_own_endpoint(endpoint)
         self._notifier.ready(self._summary())
         watchdog = self._start_watchdog()
         try:
@@ -73,7 +92,11 @@ class Daemon:
             self._notifier.stopping(f"draining {self.server.active_clients} connections")
             log.info("stopping: draining connections for up to %gs", grace)
             await self.server.drain(grace)
+            if admin is not None:
+                await admin.stop()
+            await self.learned.close()
         finally:
+            health.cancel()
             if watchdog is not None:
                 watchdog.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -96,6 +119,13 @@ class Daemon:
                 await asyncio.sleep(interval / 2)
 
         return asyncio.ensure_future(ping())
+
+
+def _prepare_state_dir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        log.warning("state directory %s unusable (%s): learning kept in memory only", path, exc)
 
 
 def run_daemon(config: Config, config_path: Path | None, overrides: Mapping[str, object]) -> int:

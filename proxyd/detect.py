@@ -80,6 +80,7 @@ class Reason(StrEnum):
     NETWORK_UNREACHABLE = "network_unreachable"
     UPSTREAM_FAILED = "upstream_failed"
     UPSTREAM_UNAVAILABLE = "upstream_unavailable"
+    ONION_SERVICE_FAILED = "onion_service_failed"
     FORBIDDEN = "forbidden"
     GENERIC_FAILURE = "generic_failure"
 

@@ -49,12 +49,21 @@ class Dialer(Protocol):
     name: str
 
     async def dial(
-        self, host: str, port: int, *, timeout: float, client_ip: str = ""
+        self,
+        host: str,
+        port: int,
+        *,
+        timeout: float,
+        client_ip: str = "",
+        isolation: str | None = None,
     ) -> Connection: ...
 
 
 DestinationCheck = Callable[[str, str, int], None]
 """``check(client_ip, ip, port)`` raises ``Forbidden`` for a destination it must not reach."""
+
+AnswerCheck = Callable[[str, tuple[str, ...]], None]
+"""``check(host, addresses)`` raises ``DnsPoisoned`` for a forged resolver answer."""
 
 
 def _no_check(client_ip: str, ip: str, port: int) -> None:
@@ -189,11 +198,22 @@ class DirectDialer:
 
     name = "direct"
 
-    def __init__(self, check_destination: DestinationCheck = _no_check) -> None:
+    def __init__(
+        self,
+        check_destination: DestinationCheck = _no_check,
+        check_answer: AnswerCheck | None = None,
+    ) -> None:
         self._check = check_destination
+        self.check_answer = check_answer
 
     async def dial(
-        self, host: str, port: int, *, timeout: float, client_ip: str = ""
+        self,
+        host: str,
+        port: int,
+        *,
+        timeout: float,
+        client_ip: str = "",
+        isolation: str | None = None,
     ) -> Connection:
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -202,6 +222,8 @@ class DirectDialer:
                 addresses = await resolve(host, port)
                 for _fam, (ip, p) in addresses:
                     self._check(client_ip, ip, p)
+                if self.check_answer is not None:
+                    self.check_answer(host, tuple(ip for _f, (ip, _p) in addresses))
                 sock, peer = await happy_eyeballs(addresses, host, port)
         except TimeoutError:
             raise ConnectTimeout(host, port, f"no answer within {timeout:g}s") from None

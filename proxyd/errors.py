@@ -12,6 +12,10 @@ class ProxydError(Exception):
     """Base of everything proxyd raises on purpose."""
 
 
+class ClientGone(ProxydError):
+    """The client closed or broke its connection; nothing more can be said to it."""
+
+
 class DialError(ProxydError):
     """Opening a connection for a route failed."""
 
@@ -78,3 +82,20 @@ class Forbidden(DialError):
     reason = "forbidden"
     http_status = 403
     socks5_reply = 0x02  # connection not allowed by ruleset
+
+
+class DnsPoisoned(DialError):
+    """The resolver's answer is a known block-page, bogon or private address."""
+
+    reason = "dns_poison"
+    socks5_reply = 0x04
+
+
+class OnionServiceError(DialError):
+    """Tor could not reach an onion service; ``detail`` says which step failed.
+
+    From Tor's extended SOCKS5 codes 0xF0-0xF7 (SocksPort flag ExtendedErrors).
+    """
+
+    reason = "onion_service_failed"
+    socks5_reply = 0x04  # host unreachable: the closest standard code

@@ -30,7 +30,7 @@ Request decisions (request-smuggling defences first):
   accepted as RFC 9110 section 8.6 allows, and the encoders then emit one; differing -> 400.
 - Transfer-Encoding must be exactly ``chunked`` (case-insensitive): other known codings ->
   501, anything else (empty elements, non-tokens, chunked twice) -> 400; with Content-Length,
-  or in an HTTP/1.0 request -> 400.
+  or in an HTTP/1.0 request -> 400. CONNECT with content (chunked or a non-zero length) -> 400.
 - Versions: HTTP/1.1 and HTTP/1.0; other ``HTTP/d.d`` (the HTTP/2 preface) -> 505.
 - 414 when the request line (without CRLF) exceeds ``max_line``, even before the head ends;
   431 when the head (terminating blank line included) exceeds ``max_head`` or has more than
@@ -39,14 +39,22 @@ Request decisions (request-smuggling defences first):
   fragments, empty host, port 0 or an unbracketed IPv6 -> 400; the Host header is ignored as
   RFC 9112 3.2.2 requires). CONNECT takes authority-form ``host:port`` only. Origin-form
   (``/path``) and ``OPTIONS *`` set ``origin_form``: the request is for the proxy itself and
-  host/port come from the Host header. More than one Host -> 400; HTTP/1.1 origin-form
-  without Host -> 400. Hosts are lowercase reg-names of ``[a-z0-9._-]`` or IP literals; IPv6
-  is reported without brackets in RFC 5952 form.
+  host/port come from the Host header. More than one Host or Proxy-Authorization -> 400;
+  HTTP/1.1 origin-form without Host -> 400. Hosts are lowercase reg-names of ``[a-z0-9._-]``
+  or IP literals; IPv6 is reported without brackets in RFC 5952 form, IPv4-mapped IPv6 as
+  the IPv4 address. Numeric oddities such as ``127.1`` pass as reg-names: destination policy
+  must judge resolved addresses, not these strings.
+- ``headers`` keep the client's order and case, values without surrounding whitespace, decoded
+  as latin-1 (obs-text survives a round trip); repeated fields stay repeated.
 - ``keep_alive`` is what the client asked for: Connection and Proxy-Connection tokens, 1.1
   defaults on, 1.0 needs ``keep-alive``.
 - ``upgrade``: a GET with ``Upgrade: websocket`` and ``Connection: upgrade``. The encoder keeps
-  both; after the server answers 101 (``Response.status == 101``) the caller writes the 101
-  head and the bytes after it to the client and from then on relays both directions raw.
+  both (other upgrades, h2c included, are stripped). When the server answers 101 the caller
+  writes ``encode_response_for_client`` of it plus every byte after its head to the client,
+  stops parsing both directions and relays them raw until either side closes; any other
+  answer is an ordinary response.
+- ``expect_continue``: the caller may forward a ``100 Continue`` (an interim ``Response``) or
+  answer the final status before reading the body.
 
 Responses: the same syntax rules, but every failure raises ``HttpError(502)`` (that is what
 the client should see). Body: HEAD, 1xx, 204, 304 and 2xx to CONNECT -> NONE; chunked as the
@@ -181,16 +189,12 @@ _UNIQUE_REQUEST_FIELDS = frozenset(("host", "proxy-authorization"))
 _TCHAR_OR_NL = _TCHAR + b"\n"
 
 
-def _fail(status: int, reason: str) -> HttpError:
-    return HttpError(status, reason)
-
-
-def _check_line_endings(buf: bytes | bytearray, start: int, stop: int, status: int) -> None:
+def _check_partial_line_endings(buf: bytes | bytearray, start: int, stop: int, status: int) -> None:
     crlf = buf.count(b"\r\n", start, stop)
-    # A CR at the very end of a partial buffer may still get its LF.
+    # The CR at the very end of a partial head may still get its LF.
     lone_cr = buf.count(b"\r", start, stop) - crlf - buf.endswith(b"\r", start, stop)
     if buf.count(b"\n", start, stop) != crlf or lone_cr:
-        raise _fail(status, "bare CR or LF in head")
+        raise HttpError(status, "bare CR or LF in head")
 
 
 def _skip_empty_lines(buf: bytes | bytearray, limit: int) -> int:
@@ -210,12 +214,12 @@ def parse_request(
         nl = part.find(b"\n")
         if nl < 0:
             if len(part) >= max_line + 2:
-                raise _fail(414, "request line too long")
+                raise HttpError(414, "request line too long")
         else:
             _request_line(part[: nl + 1], max_line)
-            _check_line_endings(part, nl + 1, len(part), 400)
+            _check_partial_line_endings(part, nl + 1, len(part), 400)
         if len(buf) >= max_head:
-            raise _fail(431, "request head too large")
+            raise HttpError(431, "request head too large")
         return None
     nl = buf.find(b"\n", start)
     method, target, version = _request_line(bytes(buf[start : nl + 1]), max_line)
@@ -226,21 +230,21 @@ def parse_request(
 
 def _request_line(line: bytes, max_line: int) -> tuple[str, str, str]:
     if len(line) - 2 > max_line:
-        raise _fail(414, "request line too long")
+        raise HttpError(414, "request line too long")
     if not line.endswith(b"\r\n"):
-        raise _fail(400, "bare LF in request line")
+        raise HttpError(400, "bare LF in request line")
     parts = line[:-2].split(b" ")
     if len(parts) != 3:
-        raise _fail(400, "malformed request line")
+        raise HttpError(400, "malformed request line")
     method, target, version = parts
     if version not in _VERSIONS:
         if _VERSION_SHAPE.fullmatch(version):
-            raise _fail(505, "HTTP version not supported")
-        raise _fail(400, "malformed HTTP version")
+            raise HttpError(505, "HTTP version not supported")
+        raise HttpError(400, "malformed HTTP version")
     if not method or method.translate(None, _TCHAR):
-        raise _fail(400, "invalid method")
+        raise HttpError(400, "invalid method")
     if not target or target.translate(None, _VCHAR):
-        raise _fail(400, "invalid request target")
+        raise HttpError(400, "invalid request target")
     return method.decode(), target.decode(), version.decode()
 
 
@@ -250,22 +254,24 @@ def _fields(
     """Header fields in order, and by lowercase name with repeats combined as RFC 9110 5.3."""
     if not block:
         return (), {}
-    _check_line_endings(block, 0, len(block), status)
-    if block.count(b"\r\n") >= max_headers:
-        raise _fail(too_many, "too many header fields")
+    crlf = block.count(b"\r\n")
+    if block.count(b"\r") != crlf or block.count(b"\n") != crlf:
+        raise HttpError(status, "bare CR or LF in head")
+    if crlf >= max_headers:
+        raise HttpError(too_many, "too many header fields")
     if block.translate(None, _FIELD_BYTES):
-        raise _fail(status, "control character in header")
+        raise HttpError(status, "control character in header")
     names = []
     values = []
     for line in block.decode("latin-1").split("\r\n"):
         name, colon, value = line.partition(":")
         if not colon:
-            raise _fail(status, _diagnose_names([line]))
+            raise HttpError(status, _diagnose_names([line]))
         names.append(name)
         values.append(value.strip(" \t"))
     joined = "\n".join(names)
     if "" in names or joined.encode("latin-1").translate(None, _TCHAR_OR_NL):
-        raise _fail(status, _diagnose_names(names))
+        raise HttpError(status, _diagnose_names(names))
     keys = joined.lower().split("\n")
     by_name = dict(zip(keys, values, strict=True))
     if len(by_name) < len(keys):
@@ -273,7 +279,7 @@ def _fields(
         for key, value in zip(keys, values, strict=True):
             if key in by_name:
                 if key in unique:
-                    raise _fail(status, f"more than one {key}")
+                    raise HttpError(status, f"more than one {key}")
                 value = f"{by_name[key]}, {value}"
             by_name[key] = value
     return tuple(zip(names, values, strict=True)), by_name
@@ -297,10 +303,10 @@ def _tokens(value: str | None) -> set[str]:
 def _content_length(value: str, status: int) -> int:
     lengths = {v.strip(" \t") for v in value.split(",")}
     if len(lengths) != 1:
-        raise _fail(status, "conflicting Content-Length")
+        raise HttpError(status, "conflicting Content-Length")
     (length,) = lengths
     if not (length.isdigit() and length.isascii() and len(length) <= 19):
-        raise _fail(status, "invalid Content-Length")
+        raise HttpError(status, "invalid Content-Length")
     return int(length)
 
 
@@ -308,9 +314,9 @@ def _codings(value: str, status: int) -> list[str]:
     codings = [c.strip(" \t").lower() for c in value.split(",")]
     for coding in codings:
         if not coding or coding.encode("latin-1").translate(None, _TCHAR):
-            raise _fail(status, "malformed Transfer-Encoding")
+            raise HttpError(status, "malformed Transfer-Encoding")
     if codings.count("chunked") > 1:
-        raise _fail(status, "chunked applied twice")
+        raise HttpError(status, "chunked applied twice")
     return codings
 
 
@@ -319,14 +325,14 @@ def _request_body(by_name: dict[str, str], version: str) -> Framing:
     cl = by_name.get("content-length")
     if te is not None:
         if cl is not None:
-            raise _fail(400, "both Content-Length and Transfer-Encoding")
+            raise HttpError(400, "both Content-Length and Transfer-Encoding")
         if version == "HTTP/1.0":
-            raise _fail(400, "Transfer-Encoding in HTTP/1.0 request")
+            raise HttpError(400, "Transfer-Encoding in HTTP/1.0 request")
         codings = _codings(te, 400)
         if codings != ["chunked"]:
             if all(c in _KNOWN_CODINGS or c == "chunked" for c in codings):
-                raise _fail(501, "unsupported Transfer-Encoding")
-            raise _fail(400, "unknown Transfer-Encoding")
+                raise HttpError(501, "unsupported Transfer-Encoding")
+            raise HttpError(400, "unknown Transfer-Encoding")
         return Framing.CHUNKED
     if cl is not None:
         return Framing(BodyKind.LENGTH, _content_length(cl, 400))
@@ -335,15 +341,15 @@ def _request_body(by_name: dict[str, str], version: str) -> Framing:
 
 def _authority(authority: str, default_port: int | None) -> tuple[str, int]:
     if "@" in authority:
-        raise _fail(400, "userinfo in authority")
+        raise HttpError(400, "userinfo in authority")
     if authority.startswith("["):
         close = authority.find("]")
         try:
             address = ipaddress.IPv6Address(authority[1:close] if close > 0 else "-")
         except ValueError:
-            raise _fail(400, "invalid IPv6 literal") from None
+            raise HttpError(400, "invalid IPv6 literal") from None
         if address.scope_id is not None:
-            raise _fail(400, "zone identifier in IPv6 literal")
+            raise HttpError(400, "zone identifier in IPv6 literal")
         # Reported as IPv4 so loopback and private-address policy sees through the mapping.
         host = str(address.ipv4_mapped or address)
         rest = authority[close + 1 :]
@@ -353,18 +359,18 @@ def _authority(authority: str, default_port: int | None) -> tuple[str, int]:
             host, port_text = authority, ""
         host = host.lower()
         if ":" in host:
-            raise _fail(400, "IPv6 address must be bracketed")
+            raise HttpError(400, "IPv6 address must be bracketed")
         if not _REG_NAME.fullmatch(host):
-            raise _fail(400, "invalid host")
+            raise HttpError(400, "invalid host")
         rest = colon + port_text
     if not rest and default_port is not None:
         return host, default_port
     port_text = rest[1:]
     if rest[:1] != ":" or not (port_text.isdigit() and port_text.isascii() and len(port_text) < 6):
-        raise _fail(400, "missing or invalid port")
+        raise HttpError(400, "missing or invalid port")
     port = int(port_text)
     if not 0 < port < 65536:
-        raise _fail(400, "port out of range")
+        raise HttpError(400, "port out of range")
     return host, port
 
 
@@ -382,20 +388,23 @@ def _request(
         path = ""
     elif target[:7].lower() == "http://":
         if "#" in target:
-            raise _fail(400, "fragment in request target")
+            raise HttpError(400, "fragment in request target")
         rest = target[7:]
-        cut = min(rest.find(mark) % (len(rest) + 1) for mark in "/?")
-        host, port = _authority(rest[:cut], 80)
-        path = rest[cut:]
+        authority = rest.split("/", 1)[0].split("?", 1)[0]
+        host, port = _authority(authority, 80)
+        path = rest[len(authority) :]
         path = path if path.startswith("/") else "/" + path
     elif target.startswith("/") or (target == "*" and method == "OPTIONS"):
         origin_form = True
         if host_field is None and version == "HTTP/1.1":
-            raise _fail(400, "missing Host")
+            raise HttpError(400, "missing Host")
         host, port = _authority(host_field, 80) if host_field is not None else ("", 80)
         path = target
     else:
-        raise _fail(400, "request target must be http:// absolute-form")
+        raise HttpError(400, "request target must be http:// absolute-form")
+    body = _request_body(by_name, version)
+    if method == "CONNECT" and (body.kind is BodyKind.CHUNKED or body.length):
+        raise HttpError(400, "CONNECT request with content")  # RFC 9110 9.3.6: it has none
     conn = _tokens(by_name.get("connection")) | _tokens(by_name.get("proxy-connection"))
     return Request(
         method,
@@ -407,7 +416,7 @@ def _request(
         path,
         method == "CONNECT",
         origin_form,
-        _request_body(by_name, version),
+        body,
         "close" not in conn and (version == "HTTP/1.1" or "keep-alive" in conn),
         by_name.get("proxy-authorization"),
         "100-continue" in _tokens(by_name.get("expect")),
@@ -421,20 +430,20 @@ def parse_response(
 ) -> tuple[Response, int] | None:
     end = buf.find(b"\r\n\r\n", 0, max_head)
     if end < 0:
-        _check_line_endings(buf, 0, max_head, 502)
+        _check_partial_line_endings(buf, 0, max_head, 502)
         if len(buf) >= max_head:
-            raise _fail(502, "response head too large")
+            raise HttpError(502, "response head too large")
         return None
     nl = buf.find(b"\n")
     line = bytes(buf[: nl + 1])
     if not line.endswith(b"\r\n") or b"\r" in line[:-2] or line.translate(None, _FIELD_BYTES):
-        raise _fail(502, "malformed status line")
+        raise HttpError(502, "malformed status line")
     version, _, rest = line[:-2].partition(b" ")
     code, _, reason = rest.partition(b" ")
     if version not in _VERSIONS:
-        raise _fail(502, "unsupported HTTP version from server")
+        raise HttpError(502, "unsupported HTTP version from server")
     if not (len(code) == 3 and code.isdigit() and b"100" <= code <= b"599"):
-        raise _fail(502, "invalid status code")
+        raise HttpError(502, "invalid status code")
     status = int(code)
     fields, by_name = _fields(bytes(buf[nl + 1 : end]), max_headers, 502, 502, frozenset())
     body = _response_body(by_name, status, request_method, version)
@@ -461,14 +470,14 @@ def _response_body(
     cl = by_name.get("content-length")
     if te is not None:
         if cl is not None:
-            raise _fail(502, "both Content-Length and Transfer-Encoding")
+            raise HttpError(502, "both Content-Length and Transfer-Encoding")
         if version == b"HTTP/1.0":
-            raise _fail(502, "Transfer-Encoding in HTTP/1.0 response")
+            raise HttpError(502, "Transfer-Encoding in HTTP/1.0 response")
         codings = _codings(te, 502)
         if codings[-1] == "chunked":
             return Framing.CHUNKED
         if "chunked" in codings:
-            raise _fail(502, "chunked is not the final coding")
+            raise HttpError(502, "chunked is not the final coding")
         return Framing.UNTIL_CLOSE
     if cl is not None:
         return Framing(BodyKind.LENGTH, _content_length(cl, 502))
@@ -623,29 +632,40 @@ class BodyScanner:
                 if not self._remaining:
                     self._state = _DATA_CR
             elif state == _DATA_CR:
+                if data[i : i + 2] == b"\r\n":  # the usual case, one step instead of two
+                    i += 2
+                    self._state = _SIZE
+                    continue
                 if data[i] != 13:
-                    raise _fail(400, "chunk data not followed by CRLF")
+                    raise HttpError(400, "chunk data not followed by CRLF")
                 i += 1
                 self._state = _DATA_LF
             elif state == _DATA_LF:
                 if data[i] != 10:
-                    raise _fail(400, "chunk data not followed by CRLF")
+                    raise HttpError(400, "chunk data not followed by CRLF")
                 i += 1
                 self._state = _SIZE
             else:
                 # A small window: size lines are short, and copying more would cost per chunk.
                 window = bytes(data[i : i + 256])
+                if state == _SIZE and not self._line:
+                    whole_line = _SIZE_LINE.match(window)
+                    if whole_line:  # fast path; anything unusual takes the general one below
+                        i += whole_line.end()
+                        self._remaining = int(whole_line[1], 16)
+                        self._state = _DATA if self._remaining else _TRAILER
+                        continue
                 lf = window.find(b"\n")
                 if lf < 0:
                     self._line += window
                     i += len(window)
                     if len(self._line) > _CHUNK_LINE_LIMIT:
-                        raise _fail(400, "chunk size or trailer line too long")
+                        raise HttpError(400, "chunk size or trailer line too long")
                     continue
                 i += lf + 1
                 line, self._line = self._line + window[: lf + 1], b""
                 if len(line) > _CHUNK_LINE_LIMIT:
-                    raise _fail(400, "chunk size or trailer line too long")
+                    raise HttpError(400, "chunk size or trailer line too long")
                 if state == _SIZE:
                     self._chunk_size_line(line)
                 elif line == b"\r\n":
@@ -658,13 +678,13 @@ class BodyScanner:
     def _chunk_size_line(self, line: bytes) -> None:
         match = _SIZE_LINE.fullmatch(line)
         if match is None:
-            raise _fail(400, "malformed chunk size line")
+            raise HttpError(400, "malformed chunk size line")
         self._remaining = int(match[1], 16)
         self._state = _DATA if self._remaining else _TRAILER
 
     def _trailer_line(self, line: bytes) -> None:
         self._trailer_bytes += len(line)
         if self._trailer_bytes > _TRAILER_LIMIT:
-            raise _fail(400, "trailer section too large")
+            raise HttpError(400, "trailer section too large")
         if not _TRAILER_LINE.fullmatch(line):
-            raise _fail(400, "malformed trailer field")
+            raise HttpError(400, "malformed trailer field")

@@ -11,13 +11,18 @@ import asyncio
 import contextlib
 import logging
 import socket
+from collections.abc import Awaitable
 
 from proxyd import http1
-from proxyd.dialers import Connection
-from proxyd.errors import DialError
+from proxyd.detect import Reason, classify_dial_error
+from proxyd.dialers import Connection, Dialer
+from proxyd.errors import ClientGone, DialError
+from proxyd.firstvisit import Outcome, best_error
 from proxyd.http1 import BodyKind, BodyScanner, HttpError, Request, Response
 from proxyd.pool import PoolKey
+from proxyd.race import AttemptFailed, Leg, dial_in_leg, run_race, take_answer
 from proxyd.relay import BodyPipe
+from proxyd.routing import RoutePlan
 from proxyd.runtime import Runtime
 from proxyd.tunnel import relay, run_tunnel
 
@@ -28,10 +33,8 @@ RECV_SIZE = 256 * 1024
 SPLICE_THRESHOLD = 64 * 1024
 CONNECT_ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
 PROXY_AUTH_REQUIRED = ("Proxy-Authenticate", 'Basic realm="proxyd"')
-
-
-class ClientGone(Exception):
-    """The client closed or broke its connection; nothing more can be said to it."""
+# How much of a response body the block-page fingerprints look at.
+CLASSIFY_BODY = 4096
 
 
 class _ConnectReply:
@@ -189,52 +192,44 @@ class HttpClient:
                 await self.loop.sock_sendall(self.sock, data)
 
     async def _forward(self, req: Request, timeout: float) -> bool:
-        """Send one request to its origin and stream the answer back.
+        """Send one request on its route(s) and stream the answer back.
 
-        Returns True when the client connection may carry another request.
+        Unknown hosts get the first visit's transparent retry: a replayable request (an
+        idempotent method without a body) that fails direct, or gets a block page, is
+        sent again through the next route. Returns True when the client connection may
+        carry another request.
         """
         rt = self.rt
-        plan = rt.router.plan(req.host, req.port)
-        dialer = plan.first
-        key: PoolKey = (dialer.name, req.host, req.port)
-        head = http1.encode_request_for_origin(req, via="1.1 proxyd" if rt.config.via else None)
-        origin = rt.pool.checkout(key)
-        reused = origin is not None
-        response: tuple[Response, bytearray] | None = None
-        for _attempt in range(2):
-            if origin is None:
-                try:
-                    origin = await dialer.dial(
-                        req.host,
-                        req.port,
-                        timeout=rt.config.limits.connect_timeout,
-                        client_ip=self.client_ip,
-                    )
-                except DialError as err:
-                    rt.stats.dial_failures += 1
-                    await self._send(
-                        http1.error_response(err.http_status, f"proxyd: {err.describe()}")
-                    )
-                    return False
-            try:
-                response = await self._exchange(req, head, origin, timeout)
-                break
-            except _StaleOrigin:
-                # A pooled connection the origin closed while idle; a fresh one is safe to
-                # try once because the origin never saw this request.
-                origin.sock.close()
-                origin = None
-                if not reused:
-                    await self._send(http1.error_response(502, "proxyd: origin closed early"))
-                    return False
-                reused = False
-        assert origin is not None and response is not None
-        resp, rbuf = response
+        try:
+            plan = rt.router.plan(req.host, req.port)
+        except DialError as err:
+            await self._send(http1.error_response(err.http_status, f"proxyd: {err.describe()}"))
+            return False
+        exchange = _Exchange(self, req, plan, timeout)
+        learned = rt.learned
+        racing = plan.learn and exchange.replayable and learned is not None
+        result = await run_race(
+            plan.routes,
+            exchange.attempt,
+            race_after=learned.race_after if racing and learned is not None else None,
+            may_race=lambda: exchange.replayable,
+            discard=_close_answer,
+        )
+        Outcome(rt, req.host, req.port, plan).record(result)  # type: ignore[arg-type]
+        chosen = take_answer(result, _close_answer)
+        if chosen is None:
+            rt.stats.dial_failures += 1
+            failure = best_error(result, req.host, req.port)  # type: ignore[arg-type]
+            await self._send(
+                http1.error_response(failure.http_status, f"proxyd: {failure.describe()}")
+            )
+            return False
+        origin, key, resp, rbuf = chosen
         return await self._relay_response(req, resp, rbuf, origin, key, timeout)
 
     async def _exchange(
         self, req: Request, head: bytes, origin: Connection, timeout: float
-    ) -> tuple[Response, bytearray]:
+    ) -> tuple[Response, bytes, bytearray]:
         """Send head and body, return the final response head and bytes read past it."""
         upload: asyncio.Task[None] | None = None
         try:
@@ -253,7 +248,7 @@ class HttpClient:
 
     async def _read_response(
         self, req: Request, origin: Connection, timeout: float, upload: asyncio.Task[None] | None
-    ) -> tuple[Response, bytearray]:
+    ) -> tuple[Response, bytes, bytearray]:
         try:
             return await self._read_response_head(req, origin, timeout, upload)
         except TimeoutError:
@@ -261,7 +256,7 @@ class HttpClient:
 
     async def _read_response_head(
         self, req: Request, origin: Connection, timeout: float, upload: asyncio.Task[None] | None
-    ) -> tuple[Response, bytearray]:
+    ) -> tuple[Response, bytes, bytearray]:
         rbuf = bytearray()
         got_any = False
         async with asyncio.timeout(timeout):
@@ -274,6 +269,7 @@ class HttpClient:
                             await self._send(bytes(rbuf[:head_len]))
                         del rbuf[:head_len]
                         continue
+                    raw_head = bytes(rbuf[:head_len])
                     del rbuf[:head_len]
                     if upload is not None and not upload.done():
                         # The origin answered before the body was sent: finish the upload
@@ -284,7 +280,7 @@ class HttpClient:
                             upload.cancel()
                     elif upload is not None:
                         upload.result()
-                    return resp, rbuf
+                    return resp, raw_head, rbuf
                 try:
                     data = await self.loop.sock_recv(origin.sock, RECV_SIZE)
                 except ConnectionError:
@@ -410,6 +406,84 @@ class HttpClient:
 
 class _StaleOrigin(Exception):
     """The origin closed before sending any byte of the answer."""
+
+
+Answer = tuple[Connection, PoolKey, Response, bytearray]
+
+
+def _close_answer(answer: Answer) -> None:
+    answer[0].sock.close()
+
+
+class _Exchange:
+    """One request's attempt on one route: pooled or new connection, request, answer head."""
+
+    def __init__(self, client: HttpClient, req: Request, plan: RoutePlan, timeout: float) -> None:
+        self.client = client
+        self.req = req
+        self.plan = plan
+        self.timeout = timeout
+        rt = client.rt
+        self.head = http1.encode_request_for_origin(
+            req, via="1.1 proxyd" if rt.config.via else None
+        )
+        # Replaying needs the whole request in hand; a body would have to be buffered.
+        self.replayable = req.idempotent and req.body.kind is BodyKind.NONE
+        self.sent = False
+
+    async def attempt(self, leg: Leg) -> Answer:
+        client, req, rt = self.client, self.req, self.client.rt
+        if self.sent and not self.replayable:
+            raise HttpError(502, "the origin failed and this request cannot be replayed safely")
+        key: PoolKey = (leg.route.name, self.plan.isolation or "", req.host, req.port)
+        origin = rt.pool.checkout(key)
+        reused = origin is not None
+        if origin is None:
+            origin = await dial_in_leg(leg, self._dial(leg.route))
+            if leg.route.name == "direct" and rt.learned is not None:
+                rt.learned.observe_direct_rtt(origin.connect_seconds)
+        else:
+            leg.mark_connected()
+        while True:
+            self.sent = True
+            try:
+                resp, raw_head, rbuf = await client._exchange(req, self.head, origin, self.timeout)
+                break
+            except _StaleOrigin:
+                origin.sock.close()
+                if not reused:
+                    raise AttemptFailed(Reason.EOF_BEFORE_RESPONSE) from None
+                # A pooled connection the origin closed while idle: it never saw this
+                # request, so one fresh connection is safe.
+                reused = False
+                try:
+                    origin = await self._dial(leg.route)
+                except DialError as err:
+                    raise AttemptFailed(classify_dial_error(err), err) from None
+            except HttpError as err:
+                origin.sock.close()
+                if err.status == 504:
+                    raise AttemptFailed(Reason.FIRST_BYTE_TIMEOUT) from None
+                raise
+            except OSError:
+                origin.sock.close()
+                raise AttemptFailed(Reason.CONNECTION_RESET) from None
+        answer = (origin, key, resp, rbuf)
+        learned = rt.learned
+        if self.plan.learn and learned is not None:
+            reason = learned.classify(self.head, raw_head + bytes(rbuf[:CLASSIFY_BODY]))
+            if reason is not None:
+                raise AttemptFailed(reason, answer=answer)
+        return answer
+
+    def _dial(self, route: Dialer) -> Awaitable[Connection]:
+        return route.dial(
+            self.req.host,
+            self.req.port,
+            timeout=self.client.rt.config.limits.connect_timeout,
+            client_ip=self.client.client_ip,
+            isolation=self.plan.isolation,
+        )
 
 
 def log_unexpected(exc: BaseException, client_ip: str) -> None:

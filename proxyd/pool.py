@@ -8,7 +8,8 @@ from collections import deque
 
 from proxyd.dialers import Connection
 
-PoolKey = tuple[str, str, int]  # (route, host, port); upstream isolation joins the route name
+# (route, isolation credential, host, port): connections never cross Tor isolation.
+PoolKey = tuple[str, str, str, int]
 
 
 class OriginPool:

@@ -19,11 +19,14 @@ from proxyd import http1
 from proxyd.access import AccessPolicy
 from proxyd.config import Config, ListenAddress
 from proxyd.dialers import Address, DirectDialer, forbid_endpoints
+from proxyd.errors import DnsPoisoned
 from proxyd.inbound_http import HttpClient, log_unexpected
 from proxyd.inbound_socks import serve_socks
+from proxyd.learned import LearnedRoutes
 from proxyd.pool import OriginPool
 from proxyd.routing import Router
 from proxyd.runtime import Runtime
+from proxyd.upstreams import UpstreamSet
 
 log = logging.getLogger("proxyd")
 
@@ -69,19 +72,30 @@ def bind_listener(addr: ListenAddress) -> socket.socket:
 
 
 class ProxyServer:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, learned: LearnedRoutes | None) -> None:
         self._listeners: dict[ListenAddress, socket.socket] = {}
         self._clients: dict[asyncio.Task[None], _Client] = {}
         self._per_client: Counter[str] = Counter()
         self._sweeper: asyncio.TimerHandle | None = None
+        self._own_endpoints: list[Address] = []
+        self._loop_check = forbid_endpoints(lambda: self._own_endpoints)
+        self.direct = DirectDialer(
+            self._destination_check, self._check_answer if learned is not None else None
+        )
+        upstreams = UpstreamSet(config.upstreams)
         self.rt = Runtime(
             config=config,
             access=self._access_for(config),
-            router=Router(DirectDialer(self._destination_check)),
+            router=Router(config, self.direct, upstreams, learned),
             pool=OriginPool(),
+            upstreams=upstreams,
+            learned=learned,
         )
-        self._own_endpoints: list[Address] = []
-        self._loop_check = forbid_endpoints(lambda: self._own_endpoints)
+
+    def _check_answer(self, host: str, addresses: tuple[str, ...]) -> None:
+        learned = self.rt.learned
+        if learned is not None and learned.check_resolved(host, addresses) is not None:
+            raise DnsPoisoned(host, 0, f"the resolver's answer {', '.join(addresses)} looks forged")
 
     @staticmethod
     def _access_for(config: Config) -> AccessPolicy:
@@ -142,6 +156,10 @@ class ProxyServer:
             loop.add_reader(sock.fileno(), self._accept, sock)
         self.rt.config = config
         self.rt.access = self._access_for(config)
+        self.rt.upstreams.reconfigure(config.upstreams)
+        self.rt.router = Router(config, self.direct, self.rt.upstreams, self.rt.learned)
+        if self.rt.learned is not None:
+            self.rt.learned.reconfigure(config.learning)
         self._refresh_endpoints()
 
     def close_listeners(self) -> None:

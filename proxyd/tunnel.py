@@ -3,21 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
-from typing import Protocol
 
 from proxyd.dialers import Connection
-from proxyd.errors import DialError
+from proxyd.errors import ClientGone, DialError
+from proxyd.firstvisit import TunnelReply, TunnelVisit
 from proxyd.relay import SpliceTunnel
 from proxyd.runtime import Runtime
-
-
-class TunnelReply(Protocol):
-    """How the inbound protocol tells its client that the tunnel is up or failed."""
-
-    async def success(self, conn: Connection) -> None: ...
-
-    async def failure(self, err: DialError) -> None: ...
 
 
 async def run_tunnel(
@@ -30,25 +23,52 @@ async def run_tunnel(
     client_ip: str,
     client_bytes: bytes = b"",
 ) -> None:
-    """Dial ``host:port`` on its route, answer the client, then relay until both sides end.
+    """Pick the route for ``host:port``, answer the client, then relay until both sides end.
 
     ``client_bytes`` is what the client already sent past its request (e.g. a TLS
     ClientHello that arrived with the CONNECT head); it is forwarded first, never dropped.
     The client socket belongs to the tunnel from here on.
     """
-    plan = rt.router.plan(host, port)
+    loop = asyncio.get_running_loop()
     try:
-        conn = await plan.first.dial(
-            host, port, timeout=rt.config.limits.connect_timeout, client_ip=client_ip
-        )
+        plan = rt.router.plan(host, port)
     except DialError as err:
-        rt.stats.dial_failures += 1
         await reply.failure(err)
         return
+    if len(plan.routes) == 1:
+        # One possible route: nothing to fall back to, so no first bytes to keep.
+        try:
+            conn = await plan.first.dial(
+                host,
+                port,
+                timeout=rt.config.limits.connect_timeout,
+                client_ip=client_ip,
+                isolation=plan.isolation,
+            )
+        except DialError as err:
+            rt.stats.dial_failures += 1
+            await reply.failure(err)
+            return
+        try:
+            await reply.success(conn)
+            if client_bytes:
+                await loop.sock_sendall(conn.sock, client_bytes)
+        except OSError:
+            conn.sock.close()
+            return
+        await relay(rt, client, conn)
+        return
+    visit = TunnelVisit(rt, client, host, port, plan, reply, client_ip, client_bytes)
     try:
-        await reply.success(conn)
-        if client_bytes:
-            await asyncio.get_running_loop().sock_sendall(conn.sock, client_bytes)
+        committed = await visit.run()
+    except ClientGone:
+        return
+    if committed is None:
+        rt.stats.dial_failures += 1
+        return
+    conn, server_bytes = committed
+    try:
+        await loop.sock_sendall(client, server_bytes)
     except OSError:
         conn.sock.close()
         return
@@ -62,6 +82,8 @@ async def relay(rt: Runtime, client: socket.socket, conn: Connection) -> None:
         up, down = await asyncio.shield(tunnel.start())
     except asyncio.CancelledError:
         tunnel.abort()
+        with contextlib.suppress(asyncio.CancelledError):
+            await tunnel.done
         raise
     finally:
         rt.stats.active_tunnels -= 1

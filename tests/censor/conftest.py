@@ -3,6 +3,8 @@
 - ``netlab``: one ``NetLab`` for the whole session. After every test that used it, the
   lab is ``reset()`` (default censorship, first SOCKS server up, extra ones stopped), so a
   test may lift blocks or kill upstreams freely.
+- ``launch_proxyd``: a ``proxyd_fixture.ProxydLauncher`` for this test; every proxyd it
+  started is stopped (SIGTERM by PID) after the test and its log checked for tracebacks.
 - Every test under this directory is marked ``censor``.
 
 Without root, ip netns or the lab's programs the tests skip, loudly; with
@@ -18,6 +20,7 @@ from pathlib import Path
 import pytest
 from lab_netns import LabUnavailable, tool
 from netlab import NetLab
+from proxyd_fixture import ProxydLauncher
 
 _HERE = Path(__file__).resolve().parent
 _NEEDED_TOOLS = ("ip", "iptables", "iptables-restore", "dnsmasq", "microsocks", "curl")
@@ -60,3 +63,10 @@ def _reset_netlab_after_test(request: pytest.FixtureRequest) -> Iterator[None]:
     lab = request.node.funcargs.get("netlab")
     if isinstance(lab, NetLab):
         lab.reset()
+
+
+@pytest.fixture
+def launch_proxyd(netlab: NetLab, tmp_path: Path) -> Iterator[ProxydLauncher]:
+    launcher = ProxydLauncher(netlab, tmp_path)
+    yield launcher
+    launcher.stop_all()

@@ -313,6 +313,11 @@ def test_bare_cr_is_rejected() -> None:
     assert rejected(get("http://a/", "X: a\rb")) == 400
 
 
+def test_bare_cr_just_before_the_blank_line_is_rejected() -> None:
+    assert rejected(b"GET http://a/ HTTP/1.1\r\nX: a\r\r\n\r\n") == 400
+    assert resp_rejected(b"HTTP/1.1 200 OK\r\nX: a\r\r\n\r\n") == 502
+
+
 @pytest.mark.parametrize("byte", [b"\x00", b"\x01", b"\x0b", b"\x0c", b"\x1f", b"\x7f"])
 def test_control_characters_in_values_are_rejected(byte: bytes) -> None:
     assert rejected(b"GET http://a/ HTTP/1.1\r\nX: a" + byte + b"b\r\n\r\n") == 400
@@ -392,6 +397,15 @@ def test_fragment_in_target_is_rejected() -> None:
 )
 def test_connect_needs_authority_form_with_valid_port(target: str) -> None:
     assert rejected(f"CONNECT {target} HTTP/1.1\r\n\r\n".encode()) == 400
+
+
+@pytest.mark.parametrize("field", ["Content-Length: 5", "Transfer-Encoding: chunked"])
+def test_connect_with_content_is_rejected(field: str) -> None:
+    assert rejected(f"CONNECT a:443 HTTP/1.1\r\n{field}\r\n\r\n".encode()) == 400
+
+
+def test_connect_with_zero_content_length_is_accepted() -> None:
+    assert req(b"CONNECT a:443 HTTP/1.1\r\nContent-Length: 0\r\n\r\n").is_connect
 
 
 def test_absolute_form_with_port_zero_is_rejected() -> None:

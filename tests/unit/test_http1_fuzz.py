@@ -127,8 +127,17 @@ def outcome(buf: bytes) -> Outcome:
         return ("incomplete", None, 0)
     request, head_len = parsed
     assert isinstance(request, Request) and 0 < head_len <= len(buf)
+    assert_clean_fields(request.headers)
     assert request.path.startswith("/") or request.is_connect or request.path == "*"
     return ("request", request, head_len)
+
+
+def assert_clean_fields(fields: tuple[tuple[str, str], ...]) -> None:
+    """Whatever is accepted can be forwarded without splitting or smuggling anything."""
+    for name, value in fields:
+        assert name and set(name) <= set(TCHAR)
+        assert all(c == "\t" or " " <= c != "\x7f" for c in value)
+        assert value == value.strip(" \t")
 
 
 def fed_growing(buf: bytes, step: int = 1) -> Outcome:
@@ -149,6 +158,7 @@ def response_outcome(buf: bytes, method: str) -> Outcome:
     if parsed is None:
         return ("incomplete", None, 0)
     assert isinstance(parsed[0], Response) and 0 < parsed[1] <= len(buf)
+    assert_clean_fields(parsed[0].headers)
     return ("response", parsed[0], parsed[1])
 
 

@@ -1,0 +1,347 @@
+"""The learning service: the pure ``LearningTable`` plus its clocks, files and probes.
+
+It owns what needs IO around the table: loading and debounced atomic saving of the state
+file, the out-of-band direct re-tests, the DNS-poison detector and block-page
+fingerprints, and the direct RTT estimate that racing derives ``race_after`` from.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from proxyd import http1
+from proxyd.config import LearningConfig
+from proxyd.detect import DnsPoisonDetector, Fingerprints, Reason, classify_first_response
+from proxyd.dialers import DirectDialer
+from proxyd.errors import DialError
+from proxyd.learning import DIRECT, DomainState, LearningTable, StateFormatError
+from proxyd.race import spawn
+from proxyd.statefile import (
+    SaveScheduler,
+    StateLoadError,
+    StateSaveError,
+    load_state,
+    quarantine_state,
+    save_state,
+)
+
+log = logging.getLogger("proxyd.learning")
+
+STATE_FILE = "routes.json"
+# Racing starts after a few direct round trips; before any measurement assume a slow link.
+INITIAL_RTT = 0.25
+RACE_RTTS = 4.0
+RACE_CEILING = 2.0
+PROBE_READ = 4096
+
+
+class LearnedRoutes:
+    def __init__(
+        self,
+        config: LearningConfig,
+        state_dir: Path,
+        *,
+        connect_timeout: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.path = state_dir / STATE_FILE
+        self._clock = clock
+        self._connect_timeout = connect_timeout
+        self.table = _table_for(config)
+        self.poison = DnsPoisonDetector(config.blockpage_networks)
+        self.fingerprints = Fingerprints.compile(config.blockpage_fingerprints)
+        self._scheduler = SaveScheduler(debounce=config.save_debounce)
+        self._saved_generation = 0
+        self._save_timer: asyncio.TimerHandle | None = None
+        self._retest_task: asyncio.Task[None] | None = None
+        self._retest_wakeup = asyncio.Event()
+        self._in_flight: set[str] = set()
+        self._srtt = INITIAL_RTT
+        self.save_failed: str | None = None
+
+    # -- configuration -------------------------------------------------------------------
+
+    def reconfigure(self, config: LearningConfig) -> None:
+        """Apply new learning settings to future decisions; the learned entries stay."""
+        data = self.table.to_json()
+        self.table = _table_for(config)
+        self.table.from_json(data)
+        self.config = config
+        self.poison = DnsPoisonDetector(config.blockpage_networks)
+        self.fingerprints = Fingerprints.compile(config.blockpage_fingerprints)
+        self._retest_wakeup.set()
+
+    @property
+    def now(self) -> float:
+        return self._clock()
+
+    @property
+    def race_after(self) -> float:
+        if self.config.race_after is not None:
+            return self.config.race_after
+        return min(max(RACE_RTTS * self._srtt, self.config.race_min), RACE_CEILING)
+
+    def observe_direct_rtt(self, seconds: float) -> None:
+        self._srtt += (seconds - self._srtt) / 8  # RFC 6298's smoothing
+
+    # -- evidence -----------------------------------------------------------------------
+
+    def lookup(self, host: str) -> DomainState | None:
+        return self.table.lookup(host, self.now)
+
+    def direct_worked(self, host: str) -> None:
+        self.table.record_direct_success(host, self.now)
+
+    def direct_failed(self, host: str, reason: Reason) -> None:
+        self.table.record_failure(host, DIRECT, reason, self.now)
+        self._changed()
+
+    def confirm(self, host: str, reason: Reason, working_route: str) -> DomainState | None:
+        """The control rule: ``working_route`` succeeded for the request direct failed."""
+        entry = self.table.confirm_blocked(host, reason, working_route, self.now)
+        if entry is not None:
+            log.info("learned %s blocked: %s on direct; %s works", entry.key, reason, working_route)
+            self._changed()
+        return entry
+
+    def classify(self, client_bytes: bytes, server_bytes: bytes) -> Reason | None:
+        return classify_first_response(client_bytes, server_bytes, fingerprints=self.fingerprints)
+
+    def check_resolved(self, host: str, addresses: tuple[str, ...]) -> Reason | None:
+        return self.poison.check(host, addresses, now=self.now)
+
+    # -- administration -----------------------------------------------------------------
+
+    def force(self, key: str, route: str) -> DomainState:
+        entry = self.table.force(key, route, self.now)
+        self._changed()
+        return entry
+
+    def forget(self, key: str) -> bool:
+        removed = self.table.forget(key)
+        self._changed()
+        return removed
+
+    # -- persistence ----------------------------------------------------------------------
+
+    def load(self) -> None:
+        try:
+            data = load_state(self.path)
+        except StateLoadError as err:
+            log.warning("cannot read learned routes, starting empty in memory: %s", err)
+            return
+        if data is None:
+            return
+        try:
+            self.table.from_json(data)
+        except StateFormatError as err:
+            moved = quarantine_state(self.path)
+            log.warning("state file %s is not usable (%s); moved to %s", self.path, err, moved)
+            return
+        self._saved_generation = self.table.generation
+        log.info("loaded %d learned routes from %s", len(self.table.snapshot()), self.path)
+
+    def _changed(self) -> None:
+        if self.table.generation == self._saved_generation:
+            return
+        now = time.monotonic()
+        self._scheduler.changed(now)
+        self._arm_save_timer()
+        self._retest_wakeup.set()
+
+    def _arm_save_timer(self) -> None:
+        deadline = self._scheduler.deadline()
+        if deadline is None:
+            return
+        loop = asyncio.get_running_loop()
+        if self._save_timer is not None:
+            self._save_timer.cancel()
+        delay = max(deadline - time.monotonic(), 0.0)
+        self._save_timer = loop.call_later(delay, self._save_due)
+
+    def _save_due(self) -> None:
+        self._save_timer = None
+        if self._scheduler.due(time.monotonic()):
+            spawn(self.save())
+        else:
+            self._arm_save_timer()
+
+    async def save(self) -> bool:
+        """Write the table atomically (off the loop: fsync on flash can take a while)."""
+        generation = self.table.generation
+        captured = time.monotonic()
+        data = self.table.to_json()
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, save_state, self.path, data)
+        except StateSaveError as err:
+            if self.save_failed is None:
+                log.warning("cannot save learned routes (kept in memory): %s", err)
+            self.save_failed = str(err)
+            self._scheduler.failed(time.monotonic())
+            self._arm_save_timer()
+            return False
+        if self.save_failed is not None:
+            log.info("learned routes saved again to %s", self.path)
+        self.save_failed = None
+        self._saved_generation = generation
+        self._scheduler.saved(captured)
+        log.debug("state saved (%d entries)", len(data.get("entries", ())))
+        if self._scheduler.deadline() is not None:
+            self._arm_save_timer()
+        return True
+
+    async def close(self) -> None:
+        if self._retest_task is not None:
+            self._retest_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._retest_task
+        if self._save_timer is not None:
+            self._save_timer.cancel()
+        if self.table.generation != self._saved_generation:
+            await self.save()
+
+    # -- re-tests -----------------------------------------------------------------------
+
+    def start_retests(self, direct: DirectDialer) -> None:
+        self._retest_task = asyncio.ensure_future(self._retest_loop(direct))
+
+    async def _retest_loop(self, direct: DirectDialer) -> None:
+        while True:
+            now = self.now
+            for key in self.table.due_retests(now):
+                if key not in self._in_flight:
+                    self._in_flight.add(key)
+                    spawn(self._retest(direct, key))
+            wake_at = self.table.next_timer(now)
+            self._retest_wakeup.clear()
+            timeout = None if wake_at is None else max(wake_at - self.now, 0.05)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._retest_wakeup.wait()
+
+    async def _retest(self, direct: DirectDialer, key: str) -> None:
+        try:
+            entry = self.table.lookup(key, self.now)
+            if entry is None:
+                return
+            host = entry.probe_host
+            results = await asyncio.gather(
+                probe_tls(direct, host, self._connect_timeout, self.classify),
+                probe_http(direct, host, self._connect_timeout, self.classify),
+            )
+            failure = next((r for r in results if r is not None), None)
+            left = self.table.record_retest(key, failure is None, self.now)
+            if failure is None and (left is None or left.state.value == DIRECT):
+                log.info("retest %s: direct works again", key)
+            else:
+                log.debug("retest %s: still blocked (%s)", key, failure)
+            self._changed()
+        finally:
+            self._in_flight.discard(key)
+            self._retest_wakeup.set()
+
+
+def _table_for(config: LearningConfig) -> LearningTable:
+    return LearningTable(
+        retest_initial=config.retest_initial,
+        retest_max=config.retest_max,
+        retest_successes=config.retest_successes,
+        weak_threshold=config.weak_threshold,
+        weak_window=config.weak_window,
+    )
+
+
+Classifier = Callable[[bytes, bytes], Reason | None]
+
+
+async def _probe(
+    direct: DirectDialer,
+    host: str,
+    port: int,
+    timeout: float,
+    exchange: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[Reason | None]],
+) -> Reason | None:
+    """Connect direct and run ``exchange``; None means no sign of censorship.
+
+    A refused or unreachable port is not censorship (the site may not serve it), so
+    only evidence-grade failures count against the domain.
+    """
+    from proxyd.detect import Strength, classify_dial_error
+
+    try:
+        conn = await direct.dial(host, port, timeout=timeout)
+    except DialError as err:
+        reason = classify_dial_error(err)
+        return (
+            reason
+            if reason.strength is Strength.STRONG or reason is Reason.CONNECT_TIMEOUT
+            else None
+        )
+    try:
+        reader, writer = await asyncio.open_connection(sock=conn.sock)
+    except OSError:
+        conn.sock.close()
+        return Reason.CONNECTION_RESET
+    try:
+        async with asyncio.timeout(timeout):
+            return await exchange(reader, writer)
+    except TimeoutError:
+        return Reason.FIRST_BYTE_TIMEOUT
+    except (ConnectionResetError, BrokenPipeError):
+        return Reason.CONNECTION_RESET
+    except OSError:
+        return None
+    finally:
+        writer.close()
+
+
+async def probe_tls(
+    direct: DirectDialer, host: str, timeout: float, classify: Classifier
+) -> Reason | None:
+    """A TLS handshake with the real SNI and no user data: what SNI filters react to.
+
+    Certificates are not verified: the question is whether the handshake gets through,
+    not whether to trust the server; nothing is sent after it.
+    """
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+
+    async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Reason | None:
+        try:
+            await writer.start_tls(context, server_hostname=host)
+        except ssl.SSLError:
+            return Reason.TLS_ALERT_AFTER_HELLO
+        except asyncio.IncompleteReadError:
+            return Reason.EOF_BEFORE_RESPONSE
+        return None
+
+    return await _probe(direct, host, 443, timeout, exchange)
+
+
+async def probe_http(
+    direct: DirectDialer, host: str, timeout: float, classify: Classifier
+) -> Reason | None:
+    """``HEAD /`` with the real Host header: what Host-header filters and block pages hit."""
+    request = f"HEAD / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
+
+    async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Reason | None:
+        writer.write(request)
+        await writer.drain()
+        answer = await reader.read(PROBE_READ)
+        if not answer:
+            return Reason.EOF_BEFORE_RESPONSE
+        try:
+            http1.parse_response(answer, request_method="HEAD")
+        except http1.HttpError:
+            return None  # not HTTP on port 80: nothing to judge
+        return classify(request, answer)
+
+    return await _probe(direct, host, 80, timeout, exchange)

@@ -1,0 +1,443 @@
+"""Dial through upstream proxies, and keep the set of upstreams with their health.
+
+Public API::
+
+    UpstreamDialer(config)            # a proxyd.dialers.Dialer; .name is the route label
+        await dial(host, port, *, timeout, client_ip="", isolation=None) -> Connection
+        await probe(*, timeout) -> float      # handshake-only proof of life, seconds
+        .config, .label ("upstream tor (127.0.0.1:9050)"), .isolates
+    UpstreamSet(configs, *, clock=time.time, monotonic=time.monotonic)
+        dialers() get(name) tor report_failure(name, err) report_success(name, seconds)
+        status() -> [UpstreamStatus]  unavailable_error(host, port)
+        await run_health_checks()     reconfigure(configs)
+
+Dialing. ``dial`` returns after the upstream's reply and not before, so the caller sends
+the client's (replayed) bytes only then: some SOCKS servers (microsocks) drop bytes sent
+ahead of their reply. Bytes the destination sends right after the reply are left in the
+socket. The socket comes back non-blocking with TCP_NODELAY; ``Connection.peer`` is the
+upstream's address.
+
+- socks5h, socks4a, http: the host name goes to the upstream, never to a local resolver
+  (Tor and .onion need it, and it keeps a poisoned local DNS out of the path).
+- socks5, socks4: resolved here first (IPv4 preferred: the upstream's own connectivity is
+  unknown and IPv4 works everywhere); a failure is ``DnsLookupError``.
+- Credentials come from the URL.
+- Stream isolation, when ``config.isolate`` (on by default for ``tor = true``) and the
+  caller passes an ``isolation`` key (the destination's registrable domain): SOCKS5 sends
+  the key as the username and the configured password, or "proxyd", as the password;
+  SOCKS4 sends it as the user id; HTTP sends ``X-Tor-Stream-Isolation``. Tor's
+  IsolateSOCKSAuth (on by default) then builds separate circuits per key, so an exit
+  cannot link visits to different sites. A configured username is replaced by the key.
+  Keys over 255 bytes are hashed. Pool connections by key as well as by route.
+
+Errors are ``DialError`` subclasses, never python-socks or OSError:
+
+- the upstream itself failed (its host does not resolve, TCP refused/reset/timed out,
+  wrong protocol, credentials refused, no answer to the greeting) -> ``UpstreamError``,
+  detail "upstream NAME (HOST:PORT): what happened";
+- the upstream reports the destination failed -> the mapped class (see
+  ``proxyd.upstream_handshake``), e.g. SOCKS5 0x05 -> ``ConnectionRefused``, 0x06 ->
+  ``ConnectTimeout``, Tor 0xF0-0xF7 -> ``OnionServiceError``, HTTP 403/404/504 ->
+  ``Forbidden``/``HostUnreachable``/``ConnectTimeout``, 407 -> ``UpstreamError``;
+- ``timeout`` bounds the whole dial: running out before the upstream accepted TCP or
+  answered the greeting is ``UpstreamError``; after the request went out it is
+  ``ConnectTimeout`` (the destination, or Tor's circuit, is slow).
+
+Health (policy in ``proxyd.upstream_health``). ``run_health_checks`` is a background task
+(cancel it to stop) that probes each upstream every ``health_interval`` while in use or
+down: SOCKS5 greeting plus authentication, SOCKS4 a request for 0.0.0.0:0 that any server
+refuses at once, HTTP ``OPTIONS *`` (any status but 407 proves life). It logs one line per
+transition on the "proxyd.upstream" logger: "upstream NAME down: REASON" (warning) and
+"upstream NAME up (X ms)" (info). ``report_failure`` (the router saw ``UpstreamError``)
+marks the upstream down at once and starts a check right away; ``report_success`` marks
+it in use (and up).
+
+``dialers()`` lists upstreams not known to be down, in priority order; when all are
+known down it lists all of them, so a stale "down" never blocks a first try. Unchecked
+upstreams count as usable. ``reconfigure`` (SIGHUP) keeps the dialer and health of every
+upstream whose config is unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import ipaddress
+import logging
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from proxyd.config import UpstreamConfig
+from proxyd.dialers import Address, Connection, happy_eyeballs, resolve
+from proxyd.errors import DialError, DnsLookupError, UpstreamError, UpstreamUnavailable
+from proxyd.upstream_handshake import (
+    ClientHandshake,
+    HttpConnectHandshake,
+    Socks4Handshake,
+    Socks5Handshake,
+    Target,
+    upstream_label,
+)
+from proxyd.upstream_health import Transition, UpstreamHealth
+
+log = logging.getLogger("proxyd.upstream")
+
+ISOLATION_PASSWORD = "proxyd"  # Tor ignores the value; some password must be sent
+HEALTH_CHECK_TIMEOUT = 5.0
+_PEEK_SIZE = 4096
+_LOCAL_DNS = frozenset({"socks5", "socks4"})
+
+
+class UpstreamDialer:
+    def __init__(self, config: UpstreamConfig) -> None:
+        self.name = config.name
+        self.config = config
+        self.label = upstream_label(config.name, config.host, config.port)
+
+    @property
+    def isolates(self) -> bool:
+        return self.config.isolate
+
+    async def dial(
+        self,
+        host: str,
+        port: int,
+        *,
+        timeout: float,
+        client_ip: str = "",
+        isolation: str | None = None,
+    ) -> Connection:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        sock: socket.socket | None = None
+        handshake: ClientHandshake | None = None
+        try:
+            async with asyncio.timeout(timeout):
+                address, resolved = await self._wire_address(host, port)
+                handshake = self._handshake(Target(host, port, address, self.label), isolation)
+                sock, peer = await self._connect_upstream(host, port)
+                await _run_handshake(sock, handshake)
+        except TimeoutError:
+            _close(sock)
+            if handshake is None:
+                raise DnsLookupError(
+                    host, port, f"cannot resolve {host}: no answer within {timeout:g}s"
+                ) from None
+            if sock is None:
+                raise UpstreamError(
+                    host, port, f"{self.label}: did not accept a connection within {timeout:g}s"
+                ) from None
+            raise handshake.timeout_error(timeout) from None
+        except BaseException:
+            _close(sock)
+            raise
+        return Connection(
+            sock=sock,
+            route=self.name,
+            resolved=resolved,
+            peer=peer,
+            connect_seconds=loop.time() - started,
+        )
+
+    async def probe(self, *, timeout: float) -> float:
+        """Connect and handshake without a destination; seconds taken, or ``UpstreamError``."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        host, port = self.config.host, self.config.port
+        handshake = self._probe_handshake(Target(host, port, host, self.label))
+        sock: socket.socket | None = None
+        try:
+            async with asyncio.timeout(timeout):
+                sock, _peer = await self._connect_upstream(host, port)
+                await _run_handshake(sock, handshake)
+        except TimeoutError:
+            what = "accept a connection" if sock is None else "answer the handshake"
+            raise UpstreamError(
+                host, port, f"{self.label}: did not {what} within {timeout:g}s"
+            ) from None
+        finally:
+            _close(sock)
+        return loop.time() - started
+
+    async def _wire_address(self, host: str, port: int) -> tuple[str, tuple[str, ...]]:
+        if self.config.scheme not in _LOCAL_DNS or _parse_ip(host) is not None:
+            return host, ()
+        addresses = await resolve(host, port)
+        ips = [ip for _family, (ip, _port) in addresses]
+        ipv4 = [ip for ip in ips if ":" not in ip]
+        if self.config.scheme == "socks4" and not ipv4:
+            raise DnsLookupError(host, port, f"{host} has no IPv4 address, which SOCKS4 needs")
+        return (ipv4 or ips)[0], tuple(ips)
+
+    async def _connect_upstream(self, host: str, port: int) -> tuple[socket.socket, Address]:
+        """TCP to the upstream; errors name the upstream, host/port stay the destination's."""
+        try:
+            addresses = await resolve(self.config.host, self.config.port)
+            return await happy_eyeballs(addresses, self.config.host, self.config.port)
+        except DialError as err:
+            raise UpstreamError(host, port, f"{self.label}: {err.detail}") from None
+
+    def _handshake(self, target: Target, isolation: str | None) -> ClientHandshake:
+        scheme = self.config.scheme
+        key = _isolation_key(isolation) if self.config.isolate else None
+        if scheme in ("socks5", "socks5h"):
+            credentials = self._credentials()
+            if key:
+                credentials = (key, self.config.password or ISOLATION_PASSWORD)
+            return Socks5Handshake(target, credentials=credentials)
+        if scheme in ("socks4", "socks4a"):
+            return Socks4Handshake(target, userid=key or self.config.username or "")
+        return HttpConnectHandshake(
+            target, credentials=self._credentials(), isolation=key, tor=self.config.tor
+        )
+
+    def _probe_handshake(self, target: Target) -> ClientHandshake:
+        scheme = self.config.scheme
+        if scheme in ("socks5", "socks5h"):
+            return Socks5Handshake(target, credentials=self._credentials(), probe=True)
+        if scheme in ("socks4", "socks4a"):
+            return Socks4Handshake(target, userid=self.config.username or "", probe=True)
+        return HttpConnectHandshake(target, credentials=self._credentials(), probe=True)
+
+    def _credentials(self) -> tuple[str, str] | None:
+        if self.config.username is None:
+            return None
+        return self.config.username, self.config.password or ""
+
+
+@dataclass(frozen=True)
+class UpstreamStatus:
+    name: str
+    url_redacted: str
+    up: bool
+    latency: float | None  # seconds the last successful handshake check took
+    last_check: float | None  # wall clock
+    last_error: str | None
+    tor: bool
+
+
+@dataclass(eq=False)
+class _Entry:
+    dialer: UpstreamDialer
+    health: UpstreamHealth
+
+
+class UpstreamSet:
+    def __init__(
+        self,
+        configs: Sequence[UpstreamConfig],
+        *,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        # Schedules run on the monotonic clock: a router without an RTC jumps its wall
+        # clock at boot, which must not stall the checks. ``clock`` only dates status.
+        self._clock = clock
+        self._monotonic = monotonic
+        self._entries = {config.name: self._new_entry(config) for config in configs}
+        self._checks: dict[str, asyncio.Task[None]] = {}
+        self._wake = asyncio.Event()
+
+    def _new_entry(self, config: UpstreamConfig) -> _Entry:
+        health = UpstreamHealth(interval=config.health_interval, now=self._monotonic())
+        return _Entry(UpstreamDialer(config), health)
+
+    def dialers(self) -> list[UpstreamDialer]:
+        usable = [e.dialer for e in self._entries.values() if e.health.up is not False]
+        return usable or [e.dialer for e in self._entries.values()]
+
+    def get(self, name: str) -> UpstreamDialer | None:
+        entry = self._entries.get(name)
+        return None if entry is None else entry.dialer
+
+    @property
+    def tor(self) -> UpstreamDialer | None:
+        return next((e.dialer for e in self._entries.values() if e.dialer.config.tor), None)
+
+    def report_failure(self, name: str, err: DialError) -> None:
+        entry = self._entries.get(name)
+        if entry is None:
+            return
+        self._log(name, entry.health.dial_failed(self._monotonic(), _short_reason(entry, err)))
+        self._wake.set()
+
+    def report_success(self, name: str, seconds: float) -> None:
+        entry = self._entries.get(name)
+        if entry is not None:
+            self._log(name, entry.health.dial_succeeded(self._monotonic(), seconds))
+
+    def status(self) -> list[UpstreamStatus]:
+        offset = self._clock() - self._monotonic()
+        return [
+            UpstreamStatus(
+                name=name,
+                url_redacted=_redacted_url(entry.dialer.config),
+                up=entry.health.up is True,
+                latency=entry.health.latency,
+                last_check=None
+                if entry.health.last_check is None
+                else entry.health.last_check + offset,
+                last_error=entry.health.last_error,
+                tor=entry.dialer.config.tor,
+            )
+            for name, entry in self._entries.items()
+        ]
+
+    def unavailable_error(self, host: str, port: int) -> UpstreamUnavailable:
+        if not self._entries:
+            return UpstreamUnavailable(host, port, "no upstream configured")
+        parts = []
+        for entry in self._entries.values():
+            health = entry.health
+            state = (
+                health.last_error or {None: "not checked yet", True: "up", False: "down"}[health.up]
+            )
+            where = entry.dialer.label.removeprefix("upstream ")
+            parts.append(f"{where}: {state}")
+        return UpstreamUnavailable(host, port, "no upstream available: " + "; ".join(parts))
+
+    async def run_health_checks(self) -> None:
+        try:
+            while True:
+                self._wake.clear()
+                now = self._monotonic()
+                for name, entry in self._entries.items():
+                    if name not in self._checks and entry.health.check_due(now):
+                        self._checks[name] = asyncio.create_task(self._check(name, entry))
+                wakeups = [
+                    entry.health.next_wakeup(now)
+                    for name, entry in self._entries.items()
+                    if name not in self._checks
+                ]
+                delay = max(0.01, min(wakeups) - now) if wakeups else None
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self._wake.wait()
+        finally:
+            checks = list(self._checks.values())
+            for task in checks:
+                task.cancel()
+            await asyncio.gather(*checks, return_exceptions=True)
+
+    def reconfigure(self, configs: Sequence[UpstreamConfig]) -> None:
+        old = self._entries
+        new: dict[str, _Entry] = {}
+        for config in configs:
+            kept = old.get(config.name)
+            new[config.name] = (
+                kept if kept and kept.dialer.config == config else self._new_entry(config)
+            )
+        for name, task in self._checks.items():
+            if new.get(name) is not old.get(name):
+                task.cancel()
+        self._entries = new
+        self._wake.set()
+
+    async def _check(self, name: str, entry: _Entry) -> None:
+        try:
+            try:
+                latency = await entry.dialer.probe(timeout=HEALTH_CHECK_TIMEOUT)
+            except DialError as err:
+                reason = _short_reason(entry, err)
+                transition = entry.health.check_failed(self._monotonic(), reason)
+            else:
+                transition = entry.health.checked(self._monotonic(), latency=latency)
+            if self._entries.get(name) is entry:
+                self._log(name, transition)
+        except Exception:
+            log.exception("internal error checking upstream %s", name)
+        finally:
+            if self._checks.get(name) is asyncio.current_task():
+                del self._checks[name]
+            self._wake.set()
+
+    @staticmethod
+    def _log(name: str, transition: Transition | None) -> None:
+        if transition is None:
+            return
+        if transition.up:
+            ms = (transition.latency or 0.0) * 1000
+            log.info("upstream %s up (%.0f ms)", name, ms)
+        else:
+            log.warning("upstream %s down: %s", name, transition.reason)
+
+
+async def _run_handshake(sock: socket.socket, handshake: ClientHandshake) -> None:
+    loop = asyncio.get_running_loop()
+    try:
+        await loop.sock_sendall(sock, handshake.start())
+        while not handshake.established:
+            data = await _peek(loop, sock)
+            if not data:
+                raise handshake.closed_error()
+            _discard(sock, handshake.receive_data(data))
+            if outgoing := handshake.data_to_send():
+                await loop.sock_sendall(sock, outgoing)
+    except (ConnectionResetError, ConnectionAbortedError, BrokenPipeError):
+        raise handshake.closed_error("reset the connection") from None
+    except OSError as exc:
+        raise handshake.closed_error(f"failed ({exc.strerror or exc})") from None
+
+
+async def _peek(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> bytes:
+    """What has arrived, left in the kernel: the handshake takes only its own bytes."""
+    while True:
+        try:
+            return sock.recv(_PEEK_SIZE, socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            pass
+        readable: asyncio.Future[None] = loop.create_future()
+        fd = sock.fileno()
+        loop.add_reader(fd, _set_done, readable)
+        try:
+            await readable
+        finally:
+            loop.remove_reader(fd)
+
+
+def _set_done(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def _discard(sock: socket.socket, count: int) -> None:
+    while count > 0:  # already peeked, so recv cannot block
+        chunk = sock.recv(count)
+        if not chunk:
+            return
+        count -= len(chunk)
+
+
+def _close(sock: socket.socket | None) -> None:
+    if sock is not None:
+        sock.close()
+
+
+def _parse_ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
+
+
+def _isolation_key(isolation: str | None) -> str | None:
+    if not isolation:
+        return None
+    if len(isolation.encode()) > 255:  # the SOCKS5 username limit
+        return hashlib.sha256(isolation.encode()).hexdigest()
+    return isolation
+
+
+def _short_reason(entry: _Entry, err: DialError) -> str:
+    return err.detail.removeprefix(entry.dialer.label + ": ") or err.reason.replace("_", " ")
+
+
+def _redacted_url(config: UpstreamConfig) -> str:
+    host = f"[{config.host}]" if ":" in config.host else config.host
+    userinfo = ""
+    if config.username is not None:
+        userinfo = config.username + (":***" if config.password else "") + "@"
+    return f"{config.scheme}://{userinfo}{host}:{config.port}"
