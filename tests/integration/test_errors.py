@@ -195,7 +195,9 @@ def fuzz_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxyd]:
     proc.assert_clean_log()
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(head=st.one_of(mutated_heads(), st.binary(min_size=1, max_size=300)))
 def test_daemon_answers_random_and_mutated_heads_with_4xx_or_forwarding(
     fuzz_target: Proxyd, origin: OriginServer, head: bytes

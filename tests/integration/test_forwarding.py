@@ -46,8 +46,13 @@ def test_curl_chunked_upload_reaches_origin_intact(
     body = tmp_path / "body.bin"
     body.write_bytes(b"abc" * 100_000)
     out = curl(
-        "-x", proxyd.url, "-H", "Transfer-Encoding: chunked",
-        "--data-binary", f"@{body}", f"{origin.url}/echo",
+        "-x",
+        proxyd.url,
+        "-H",
+        "Transfer-Encoding: chunked",
+        "--data-binary",
+        f"@{body}",
+        f"{origin.url}/echo",
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout == f"300000 {hashlib.sha256(b'abc' * 100_000).hexdigest()}"
@@ -95,8 +100,17 @@ def test_hop_by_hop_and_proxy_headers_are_not_forwarded(
     proxyd: Proxyd, origin: OriginServer
 ) -> None:
     out = curl(
-        "-x", proxyd.url, "-H", "Proxy-Connection: keep-alive", "-H", "Connection: X-Secret",
-        "-H", "X-Secret: 1", "-H", "X-Kept: yes", f"{origin.url}/headers",
+        "-x",
+        proxyd.url,
+        "-H",
+        "Proxy-Connection: keep-alive",
+        "-H",
+        "Connection: X-Secret",
+        "-H",
+        "X-Secret: 1",
+        "-H",
+        "X-Kept: yes",
+        f"{origin.url}/headers",
     )
     headers = {k.lower(): v for k, v in json.loads(out.stdout).items()}
     assert "proxy-connection" not in headers

@@ -52,7 +52,9 @@ def test_no_arguments_listens_on_loopback_8080(tmp_path: Path, origin: OriginSer
 def test_non_loopback_listen_without_allow_refuses_to_start(tmp_path: Path) -> None:
     out = subprocess.run(
         [sys.executable, "-m", "proxyd", "--listen", "0.0.0.0:8080"],
-        capture_output=True, text=True, timeout=30,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert out.returncode != 0
     assert "open proxy" in out.stderr
@@ -64,7 +66,9 @@ def test_config_errors_name_file_line_and_key(tmp_path: Path) -> None:
     bad.write_text('listen = ["127.0.0.1:8080"]\n\n[limits]\nhead_timeout = "soon"\n')
     out = subprocess.run(
         [sys.executable, "-m", "proxyd", "check", "-c", str(bad)],
-        capture_output=True, text=True, timeout=30,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert out.returncode == 2
     assert f"{bad}:4: limits.head_timeout:" in out.stderr
@@ -73,7 +77,10 @@ def test_config_errors_name_file_line_and_key(tmp_path: Path) -> None:
 def test_printed_config_round_trips_through_tomllib(tmp_path: Path) -> None:
     out = subprocess.run(
         [sys.executable, "-m", "proxyd", "config", "--listen", "127.0.0.1:3128"],
-        capture_output=True, text=True, timeout=30, check=True,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
     )
     data = tomllib.loads(out.stdout)
     assert data["listen"] == ["127.0.0.1:3128"]
@@ -81,7 +88,10 @@ def test_printed_config_round_trips_through_tomllib(tmp_path: Path) -> None:
     again.write_text(out.stdout)
     check = subprocess.run(
         [sys.executable, "-m", "proxyd", "config", "-c", str(again)],
-        capture_output=True, text=True, timeout=30, check=True,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
     )
     assert check.stdout == out.stdout
 

@@ -152,7 +152,6 @@ class SendfileOrigin:
         self._sock.close()
 
 
-
 class EchoServer:
     """A TCP echo server (threads): a tunnel target whose end the test controls."""
 
