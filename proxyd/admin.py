@@ -243,7 +243,7 @@ class _Handlers:
         return _json(
             {
                 "upstreams": [
-                    {"name": u.name, "up": bool(u.up), "latency": u.latency}
+                    {"name": u.name, "up": bool(u.up), "latency": u.latency, "error": u.last_error}
                     for u in self.ctx.upstream_health()
                 ]
             }

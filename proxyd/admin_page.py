@@ -113,10 +113,11 @@ def _upstreams(upstreams: Sequence[UpstreamHealth]) -> str:
             _td(u.name),
             _td("up" if u.up else "down", "ok" if u.up else "bad"),
             _td("-" if u.latency is None else f"{u.latency * 1000:.0f} ms", "num"),
+            _td(u.last_error or ""),
         )
         for u in upstreams
     )
-    head = "<tr><th>Upstream</th><th>State</th><th>Last handshake</th></tr>"
+    head = "<tr><th>Upstream</th><th>State</th><th>Last handshake</th><th>Last error</th></tr>"
     return f"<table>{head}\n{body}\n</table>"
 
 

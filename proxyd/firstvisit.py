@@ -61,13 +61,16 @@ class TunnelReply(Protocol):
     async def failure(self, err: DialError) -> None: ...
 
 
-def best_error(result: RaceResult[object], host: str, port: int) -> DialError:
-    """The failure to report when every route failed: the most specific one we saw."""
+def best_error(rt: Runtime, result: RaceResult[object], host: str, port: int) -> DialError:
+    """The failure to report when every route failed: what the destination said, or,
+    when only the upstreams themselves failed, all of them by name."""
     errors = [f.error for f in result.failures if f.error is not None]
     for err in errors:
         if not isinstance(err, UpstreamError):
             return err
-    return errors[0] if errors else DialError(host, port, "no route answered")
+    if errors:
+        return rt.upstreams.unavailable_error(host, port)
+    return DialError(host, port, "no route answered")
 
 
 class Outcome:
@@ -182,7 +185,7 @@ class TunnelVisit:
         Outcome(rt, self.host, self.port, self.plan).record(result)  # type: ignore[arg-type]
         chosen = take_answer(result, _close_answer)
         if chosen is None:
-            err = best_error(result, self.host, self.port)  # type: ignore[arg-type]
+            err = best_error(rt, result, self.host, self.port)  # type: ignore[arg-type]
             if not self._replied:
                 await self.reply.failure(err)
         return chosen

@@ -219,7 +219,7 @@ class HttpClient:
         chosen = take_answer(result, _close_answer)
         if chosen is None:
             rt.stats.dial_failures += 1
-            failure = best_error(result, req.host, req.port)  # type: ignore[arg-type]
+            failure = best_error(rt, result, req.host, req.port)  # type: ignore[arg-type]
             await self._send(
                 http1.error_response(failure.http_status, f"proxyd: {failure.describe()}")
             )

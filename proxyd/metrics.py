@@ -9,8 +9,9 @@ Public API:
 
 - ``MetricSources``: what a scrape reads: ``stats`` plus live views of the learned table
   (``learned_entries()``, ``learning_paused()``) and of upstream health
-  (``upstream_health()``, items with ``name``, ``up`` and ``latency`` in seconds or
-  None). ``proxyd.admin.AdminContext`` implements it.
+  (``upstream_health()``, items with ``name``, ``up``, ``latency`` in seconds or None,
+  and ``last_error``, like ``upstreams.UpstreamStatus``). ``admin.AdminContext``
+  implements it.
 - ``UpstreamHealth``: the shape of one upstream's health (duck-typed).
 - ``ProxydCollector(sources)``: the custom collector.
 - ``build_registry(sources) -> CollectorRegistry``: proxyd's metrics plus process and
@@ -49,6 +50,9 @@ class UpstreamHealth(Protocol):
 
     @property
     def latency(self) -> float | None: ...
+
+    @property
+    def last_error(self) -> str | None: ...
 
 
 class MetricSources(Protocol):

@@ -173,10 +173,12 @@ class Socks5Handshake(ClientHandshake):
     def _wanted(self) -> int:
         buf = self._buffer
         if self._state != "reply" or len(buf) < 2:
-            return 2  # a method or auth answer; in a reply VER and REP decide the outcome
-        if len(buf) < 4 or (buf[3] == 0x03 and len(buf) < 5):
-            return 5 if len(buf) == 4 else 4
-        return self._reply_length() or 4
+            return 2  # method and auth answers are 2 bytes; a reply's VER and REP come first
+        if len(buf) < 4:
+            return 4  # up to ATYP
+        if buf[3] == 0x03 and len(buf) < 5:
+            return 5  # the bound name's length byte
+        return self._reply_length() or 4  # an unknown ATYP is refused at 4 bytes
 
     def _reply_length(self) -> int | None:
         buf = self._buffer
@@ -228,7 +230,7 @@ class Socks5Handshake(ClientHandshake):
     def _auth_request(self, username: str, password: str) -> bytes:
         user, secret = username.encode(), password.encode()
         if not 1 <= len(user) <= 255 or len(secret) > 255:
-            raise self._error(UpstreamError, "username or password longer than 255 bytes")
+            raise self._error(UpstreamError, "username must be 1-255 bytes, password 0-255")
         return b"\x01" + bytes([len(user)]) + user + bytes([len(secret)]) + secret
 
     def _authenticated(self) -> None:

@@ -5,15 +5,18 @@
   ``(name, url)`` pairs in priority order; ``**NO_RETEST_SOON`` for tests that count
   the censor's packets.
 - ``ProxydLauncher(lab, tmp_path)`` (the ``launch_proxyd`` fixture):
-  ``start(config) -> Proxyd`` runs ``proxyd run`` in the client namespace on a free
+  ``start(config, *args) -> Proxyd`` runs ``proxyd run`` in the client namespace on a free
   loopback port with ``<tmp_path>/state`` as its state dir, so a second ``start`` in the
-  same test is a restart on the same learned state; ``state_file``; ``stop_all()``
+  same test is a restart on the same learned state; ``state_file`` (``STATE_FILE`` in
+  the state dir); ``stop_all()``
   SIGTERMs every proxyd it started that still runs (by PID) and fails on a log with a
   traceback or an internal error.
 - ``curl_via(lab, proxy, url, *args, max_time=)`` -> ``CurlResult`` (exit code, body,
   status codes, timings): curl in the client namespace with ``-x`` at proxyd.
 - ``learned(domain)``, ``retest_direct(domain)``, ``upstream_down(name)``, ``ANY_LEARNED``:
   the log lines proxyd prints (issue 3).
+- ``wait_no_connect_in_flight(lab, address)``: until the client namespace has no
+  connection attempt to ``address`` pending (earlier attempts can retransmit SYNs).
 - ``state_mentions(path, domain)``, ``wait_for_state(path, domain)``: whether the state
   file names a domain (as a JSON string), and waiting until it does.
 - ``unique_path()``: a request path no other request used, to find it in the origin log.
@@ -32,7 +35,6 @@ from pathlib import Path
 
 from netlab import NetLab
 
-from proxyd.statefile import STATE_FILE_NAME
 from tests.support.proc import Proxyd
 
 
@@ -49,6 +51,8 @@ def upstream_down(name: str) -> re.Pattern[str]:
     return re.compile(rf"upstream {re.escape(name)} down\b")
 
 
+# Spelled out, not imported: renaming the file would silently forget every user's routes.
+STATE_FILE = "routes.json"
 ANY_LEARNED = re.compile(r"learned \S+ blocked:")
 # For tests that count direct attempts: no out-of-band re-test may touch the censor.
 NO_RETEST_SOON = {"retest_initial": "1h", "retest_max": "2h"}
@@ -93,7 +97,7 @@ class ProxydLauncher:
 
     @property
     def state_file(self) -> Path:
-        return self._tmp_path / "state" / STATE_FILE_NAME
+        return self._tmp_path / "state" / STATE_FILE
 
     def start(self, config: str, *args: str) -> Proxyd:
         proxy = Proxyd(args, config=config, tmp_path=self._tmp_path, netns=self._lab.client.name)
@@ -149,6 +153,27 @@ def unique_path() -> str:
 
 def state_mentions(path: Path, domain: str) -> bool:
     return path.exists() and json.dumps(domain) in path.read_text()
+
+
+def wait_no_connect_in_flight(lab: NetLab, address: str, timeout: float = 10.0) -> None:
+    """Until no socket in the client namespace is still sending SYNs to ``address``.
+
+    A direct attempt (or an out-of-band probe) begun before a domain was learned may go
+    on retransmitting SYNs after the ``learned`` line; counting a later visit's direct
+    attempts is only meaningful once those are over.
+    """
+    argv = ["ss", "-tnH", "state", "syn-sent", "dst", address]
+    deadline = time.monotonic() + timeout
+    while True:
+        listed = lab.exec_client(argv)
+        if listed.returncode != 0:
+            raise AssertionError(f"{' '.join(argv)}: {listed.stderr}")
+        in_flight = listed.stdout.strip()
+        if not in_flight:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"connections to {address} still in flight: {in_flight}")
+        time.sleep(0.05)
 
 
 def wait_for_state(path: Path, domain: str, timeout: float = 5.0) -> None:

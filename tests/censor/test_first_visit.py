@@ -37,6 +37,7 @@ from proxyd_fixture import (
     retest_direct,
     state_mentions,
     unique_path,
+    wait_no_connect_in_flight,
 )
 
 from tests.support.proc import Proxyd
@@ -146,11 +147,15 @@ def test_https_to_poisoned_name_after_its_block_page_makes_no_direct_attempt(
 # -- second visit --------------------------------------------------------------------
 
 
+def direct_address(lab: NetLab, blocked: BlockedVisit) -> str:
+    """Where a direct attempt connects: the poisoned address for a poisoned name."""
+    return lab.block_page_ip if blocked is POISON_HTTP else lab.sites[blocked.host]
+
+
 def direct_attempt_counters(lab: NetLab, blocked: BlockedVisit) -> dict[str, int]:
     """Every trace a direct attempt leaves at the censor: SYNs, rule hits, DNS queries."""
-    address = lab.block_page_ip if blocked is POISON_HTTP else blocked.host
     return {
-        "syns": lab.censor.direct_syns(address),
+        "syns": lab.censor.direct_syns(direct_address(lab, blocked)),
         "hits": lab.censor.hits(blocked.domain),
         "dns": lab.censor.dns_queries(blocked.host),
     }
@@ -169,6 +174,7 @@ def test_second_visit_to_learned_domain_goes_straight_via_upstream(
     # raced upstream already answered: wait on the log line, not the visit.
     match = proxy.wait_for_log(learned(blocked.domain))
     assert match.group(2) == "tor"
+    wait_no_connect_in_flight(netlab, direct_address(netlab, blocked))
     before = direct_attempt_counters(netlab, blocked)
     visit_records_peer(netlab, proxy, blocked.scheme, blocked.host, SOCKS_IP)
     assert direct_attempt_counters(netlab, blocked) == before
@@ -180,6 +186,7 @@ def test_sibling_subdomain_of_learned_domain_goes_straight_via_upstream(
     proxy = start_proxyd(netlab, launch_proxyd, **NO_RETEST_SOON)
     visit_records_peer(netlab, proxy, "https", "a.many.example", SOCKS_IP)
     proxy.wait_for_log(learned("many.example"))
+    wait_no_connect_in_flight(netlab, netlab.sites["many.example"])
     syns, hits = netlab.censor.direct_syns("many.example"), netlab.censor.hits("many.example")
     queries = netlab.censor.dns_queries("b.many.example")
     visit_records_peer(netlab, proxy, "https", "b.many.example", SOCKS_IP)

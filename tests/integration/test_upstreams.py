@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import shutil
 import socket
 import subprocess
@@ -34,6 +35,8 @@ from tests.support.proc import Proxyd
 
 # Resolvable only inside the mount namespace of the microsocks started with `hosts=`.
 UPSTREAM_ONLY_NAME = "upstream-only.test"
+# What a health check sees when microsocks has gone (refused) or is going (reset).
+REFUSED_OR_RESET = ("connection refused", "reset the connection during the handshake")
 
 
 def free_port() -> int:
@@ -46,7 +49,7 @@ def wait_accepting(port: int, proc: subprocess.Popen[bytes], deadline: float = 1
     end = time.monotonic() + deadline
     while time.monotonic() < end:
         if proc.poll() is not None:
-            raise AssertionError(f"{proc.args} exited with {proc.returncode}")
+            raise AssertionError(f"{proc.args!r} exited with {proc.returncode}")
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
             return
         time.sleep(0.01)
@@ -261,8 +264,10 @@ def scripted() -> Iterator[Callable[..., ScriptedSocks5]]:
         server.stop()
 
 
-def dialer(url: str, name: str = "up", **kwargs: object) -> UpstreamDialer:
-    return UpstreamDialer(UpstreamConfig.from_url(name, url, **kwargs))  # type: ignore[arg-type]
+def dialer(
+    url: str, name: str = "up", *, tor: bool = False, isolate: bool | None = None
+) -> UpstreamDialer:
+    return UpstreamDialer(UpstreamConfig.from_url(name, url, tor=tor, isolate=isolate))
 
 
 async def roundtrip(conn: Connection, payload: bytes = b"ping through the upstream") -> bytes:
@@ -408,10 +413,10 @@ async def test_isolation_key_reaches_the_upstream_as_socks_username(echo: EchoSe
         assert tor.isolates
         conn = await tor.dial("127.0.0.1", echo.port, timeout=5, isolation="example.org")
         assert await roundtrip(conn) == b"ping through the upstream"
-        with pytest.raises(UpstreamError, match="username and password|closed the connection"):
+        with pytest.raises(UpstreamError, match="rejected the username and password"):
             await tor.dial("127.0.0.1", echo.port, timeout=5, isolation="other.example")
         plain = dialer(f"socks5h://{server.url}", tor=True, isolate=False)
-        with pytest.raises(UpstreamError):
+        with pytest.raises(UpstreamError, match="accepts none of our authentication methods"):
             await plain.dial("127.0.0.1", echo.port, timeout=5, isolation="example.org")
     finally:
         server.stop()
@@ -426,7 +431,7 @@ async def test_http_connect_through_tinyproxy(
     assert await roundtrip(conn) == b"ping through the upstream"
 
     with pytest.raises(Forbidden, match="answered 403"):
-        await proxy.dial("127.0.0.1", closed_port + 1 if closed_port < 65535 else 1, timeout=5)
+        await proxy.dial("127.0.0.1", 1, timeout=5)  # not a ConnectPort
     with pytest.raises(DialError) as info:
         await proxy.dial("127.0.0.1", closed_port, timeout=5)
     assert type(info.value) is DialError
@@ -446,7 +451,7 @@ async def test_socks4_and_socks4a_through_proxyd(tmp_path: Path, echo: EchoServe
         assert await roundtrip(conn) == b"ping through the upstream"
         socks4 = dialer(f"socks4://127.0.0.1:{upstream.port}")
         conn = await socks4.dial("localhost", echo.port, timeout=5)
-        assert conn.resolved == ("127.0.0.1",) or "127.0.0.1" in conn.resolved
+        assert "127.0.0.1" in conn.resolved  # resolved here, sent as an address
         assert await roundtrip(conn) == b"ping through the upstream"
         assert await socks4.probe(timeout=5) >= 0
     finally:
@@ -471,7 +476,7 @@ async def test_a_dial_deadline_blames_the_upstream_or_the_destination_correctly(
     full.listen(0)
     queued = socket.create_connection(full.getsockname())
     try:
-        with pytest.raises(UpstreamError, match="did not accept a connection within 0.3s"):
+        with pytest.raises(UpstreamError, match=r"did not accept a connection within 0\.3s"):
             await dialer(f"socks5h://127.0.0.1:{full.getsockname()[1]}").dial(
                 "example.org", 443, timeout=0.3
             )
@@ -480,11 +485,11 @@ async def test_a_dial_deadline_blames_the_upstream_or_the_destination_correctly(
         full.close()
 
     mute = scripted(None, greet=False)
-    with pytest.raises(UpstreamError, match="no answer to the handshake within 0.3s"):
+    with pytest.raises(UpstreamError, match=r"no answer to the handshake within 0\.3s"):
         await dialer(f"socks5h://127.0.0.1:{mute.port}").dial("example.org", 443, timeout=0.3)
 
     slow_destination = scripted(None)
-    with pytest.raises(ConnectTimeout, match="no answer from the destination within 0.3s"):
+    with pytest.raises(ConnectTimeout, match=r"no answer from the destination within 0\.3s"):
         await dialer(f"socks5h://127.0.0.1:{slow_destination.port}").dial(
             "example.org", 443, timeout=0.3
         )
@@ -493,8 +498,8 @@ async def test_a_dial_deadline_blames_the_upstream_or_the_destination_correctly(
 # --- the set and its health ------------------------------------------------------------
 
 
-def config(name: str, url: str, interval: float = 0.2, **kwargs: object) -> UpstreamConfig:
-    return UpstreamConfig.from_url(name, url, health_interval=interval, **kwargs)  # type: ignore[arg-type]
+def config(name: str, url: str, interval: float = 0.2, *, tor: bool = False) -> UpstreamConfig:
+    return UpstreamConfig.from_url(name, url, health_interval=interval, tor=tor)
 
 
 async def test_killed_upstream_goes_down_and_comes_back_up(
@@ -508,10 +513,11 @@ async def test_killed_upstream_goes_down_and_comes_back_up(
         assert abs(status.last_check - time.time()) < 5
 
         microsocks.stop()
-        await upstream_log.wait_for("upstream a down: connection refused")
+        await upstream_log.wait_for("upstream a down: ")
         [status] = upstreams.status()
         assert not status.up
-        assert status.last_error == "connection refused"
+        # A check may catch microsocks mid-exit (reset) rather than gone (refused).
+        assert status.last_error in REFUSED_OR_RESET
 
         microsocks.start()
         await upstream_log.wait_for("upstream a up (", times=2)
@@ -536,11 +542,13 @@ async def test_a_down_upstream_is_skipped_until_none_is_left(upstream_log: Upstr
             await upstream_log.wait_for("upstream backup down")
             assert [d.name for d in upstreams.dialers()] == ["tor", "backup"]
             message = str(upstreams.unavailable_error("example.org", 443))
-            assert message == (
+            reason = "(" + "|".join(REFUSED_OR_RESET) + ")"
+            assert re.fullmatch(
                 "example.org:443: no upstream available: "
-                f"tor (127.0.0.1:{first.port}): connection refused; "
-                f"backup (127.0.0.1:{second.port}): connection refused"
-            )
+                rf"tor \(127\.0\.0\.1:{first.port}\): {reason}; "
+                rf"backup \(127\.0\.0\.1:{second.port}\): {reason}",
+                message,
+            ), message
     finally:
         first.stop()
         second.stop()

@@ -20,6 +20,7 @@ class Upstream:
     name: str
     up: bool
     latency: float | None
+    last_error: str | None = None
 
 
 @dataclass
