@@ -16,7 +16,7 @@ import socket
 from typing import TYPE_CHECKING, Any, Protocol
 
 from proxyd.detect import Reason, Strength, classify_dial_error
-from proxyd.dialers import Connection
+from proxyd.dialers import Connection, Dialer
 from proxyd.errors import ClientGone, DialError, UpstreamError
 from proxyd.race import (
     AttemptFailed,
@@ -71,6 +71,15 @@ def best_error(rt: Runtime, result: RaceResult[object], host: str, port: int) ->
     if errors:
         return rt.upstreams.unavailable_error(host, port)
     return DialError(host, port, "no route answered")
+
+
+def note_dial(rt: Runtime, route: Dialer, conn: Connection) -> None:
+    """A route connected: feed the direct RTT estimate or the upstream's health."""
+    if route.name == "direct":
+        if rt.learned is not None:
+            rt.learned.observe_direct_rtt(conn.connect_seconds)
+    else:
+        rt.upstreams.report_success(route.name, conn.connect_seconds)
 
 
 class Outcome:
@@ -211,8 +220,7 @@ class TunnelVisit:
             ),
         )
         try:
-            if leg.route.name == "direct" and rt.learned is not None:
-                rt.learned.observe_direct_rtt(conn.connect_seconds)
+            note_dial(rt, leg.route, conn)
             if not self._replied:
                 self._replied = True
                 await self.reply.success(conn)

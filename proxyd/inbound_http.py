@@ -17,7 +17,7 @@ from proxyd import http1
 from proxyd.detect import Reason, classify_dial_error
 from proxyd.dialers import Connection, Dialer
 from proxyd.errors import ClientGone, DialError
-from proxyd.firstvisit import Outcome, best_error
+from proxyd.firstvisit import Outcome, best_error, note_dial
 from proxyd.http1 import BodyKind, BodyScanner, HttpError, Request, Response
 from proxyd.pool import PoolKey
 from proxyd.race import AttemptFailed, Leg, dial_in_leg, run_race, take_answer
@@ -440,8 +440,7 @@ class _Exchange:
         reused = origin is not None
         if origin is None:
             origin = await dial_in_leg(leg, self._dial(leg.route))
-            if leg.route.name == "direct" and rt.learned is not None:
-                rt.learned.observe_direct_rtt(origin.connect_seconds)
+            note_dial(rt, leg.route, origin)
         else:
             leg.mark_connected()
         while True:

@@ -7,8 +7,8 @@ import contextlib
 import socket
 
 from proxyd.dialers import Connection
-from proxyd.errors import ClientGone, DialError
-from proxyd.firstvisit import TunnelReply, TunnelVisit
+from proxyd.errors import ClientGone, DialError, UpstreamError
+from proxyd.firstvisit import TunnelReply, TunnelVisit, note_dial
 from proxyd.relay import SpliceTunnel
 from proxyd.runtime import Runtime
 
@@ -47,8 +47,11 @@ async def run_tunnel(
             )
         except DialError as err:
             rt.stats.dial_failures += 1
+            if isinstance(err, UpstreamError):
+                rt.upstreams.report_failure(plan.first.name, err)
             await reply.failure(err)
             return
+        note_dial(rt, plan.first, conn)
         try:
             await reply.success(conn)
             if client_bytes:
