@@ -75,8 +75,7 @@ class LearningService(Protocol):
     def forget(self, key: str) -> bool: ...
 
 
-def _loopback_only(client_ip: str) -> bool:
-    return AccessPolicy((), {}).client_allowed(client_ip)
+_loopback_only = AccessPolicy((), {}).client_allowed
 
 
 def _nothing() -> list[metrics.UpstreamHealth]:
@@ -321,7 +320,10 @@ class AdminServer:
 
 
 def daemon_context(server: ProxyServer, learned: LearnedRoutes | None) -> AdminContext:
-    """The context of the running daemon: every callable reads the live runtime."""
+    """The context of the running daemon: every callable reads the live runtime.
+
+    Explanations are for port 443, where browsers send almost everything.
+    """
     rt = server.rt
 
     def proxy_addresses() -> list[Address]:

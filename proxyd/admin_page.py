@@ -33,7 +33,7 @@ dt { color: #5b6670; } dd { margin: 0; font-variant-numeric: tabular-nums; }
 table { border-collapse: collapse; width: 100%; }
 th, td { text-align: left; padding: .25em .6em; border-bottom: 1px solid #e6e8ea; }
 th { background: #f0f2f4; font-weight: 600; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
 .muted { color: #5b6670; }
 """
 
@@ -102,7 +102,8 @@ def _traffic(stats: Stats) -> str:
         (_td(r), _td(_bytes(stats.bytes_up[r]), "num"), _td(_bytes(stats.bytes_down[r]), "num"))
         for r in routes
     )
-    return f"<table><tr><th>Route</th><th>Up</th><th>Down</th></tr>\n{body}\n</table>"
+    head = '<tr><th>Route</th><th class="num">Up</th><th class="num">Down</th></tr>'
+    return f"<table>{head}\n{body}\n</table>"
 
 
 def _upstreams(upstreams: Sequence[UpstreamHealth]) -> str:
@@ -117,7 +118,10 @@ def _upstreams(upstreams: Sequence[UpstreamHealth]) -> str:
         )
         for u in upstreams
     )
-    head = "<tr><th>Upstream</th><th>State</th><th>Last handshake</th><th>Last error</th></tr>"
+    head = (
+        '<tr><th>Upstream</th><th>State</th><th class="num">Last handshake</th>'
+        "<th>Last error</th></tr>"
+    )
     return f"<table>{head}\n{body}\n</table>"
 
 

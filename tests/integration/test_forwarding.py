@@ -147,9 +147,7 @@ def test_requests_to_different_origins_on_one_connection_are_routed_each(
         reader = sock.makefile("rb")
         for i in range(40):
             target = origin if i % 2 == 0 else origin_b
-            sock.sendall(
-                f"GET {target.url}/whoami HTTP/1.1\r\nHost: x\r\n\r\n".encode()
-            )
+            sock.sendall(f"GET {target.url}/whoami HTTP/1.1\r\nHost: x\r\n\r\n".encode())
             status = reader.readline()
             assert status.startswith(b"HTTP/1.1 200"), status
             length = 0

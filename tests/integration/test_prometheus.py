@@ -129,7 +129,7 @@ def test_request_counters_in_prometheus_match_the_traffic(
         curl("-x", proxy, f"{origin.url}/plain/{n}")
     for n in range(3):
         curl("-p", "-x", proxy, f"{origin.url}/tunnelled/{n}")
-    scraped.wait_for('sum(proxyd_requests_total{job="proxyd"})', 7.0)
+    scraped.wait_for('sum(proxyd_requests_total{job="proxyd"})', 7.0, timeout=10)
     by_label = {
         (r["metric"]["protocol"], r["metric"]["route"], r["metric"]["outcome"]): r["value"][1]
         for r in scraped.query('proxyd_requests_total{job="proxyd"}')
