@@ -25,8 +25,17 @@ def gib_origin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SendfileOri
 
 def fetch_size(*curl_args: str) -> int:
     out = subprocess.run(
-        ["curl", "-sS", "--max-time", "120", "-o", "/dev/null", "-w", "%{size_download}"]
-        + list(curl_args),
+        [
+            "curl",
+            "-sS",
+            "--max-time",
+            "120",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{size_download}",
+            *curl_args,
+        ],
         capture_output=True,
         text=True,
         timeout=130,
