@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
+
+from proxyd.lists import DomainList
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -166,6 +168,14 @@ class MirrorConfig:
         return None
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ListConfig:
+    path: Path
+    format: str = "hostlist"  # see proxyd.lists.FORMATS
+    route: str | None = None  # an upstream or mirror name; None: the upstreams in order
+    domains: DomainList = field(compare=False, repr=False)  # read when the config is
+
+
 TOR_UPSTREAM = UpstreamConfig.from_url("tor", "socks5h://127.0.0.1:9050", tor=True)
 
 
@@ -184,6 +194,7 @@ class Config:
     upstreams: tuple[UpstreamConfig, ...] = (TOR_UPSTREAM,)  # priority order
     rules: tuple[RuleConfig, ...] = ()  # first match wins
     mirrors: tuple[MirrorConfig, ...] = ()
+    lists: tuple[ListConfig, ...] = ()  # imported block lists, priors for learning
 
     def upstream(self, name: str) -> UpstreamConfig:
         for upstream in self.upstreams:

@@ -23,6 +23,7 @@ from proxyd._configschema import (
     Config,
     LearningConfig,
     Limits,
+    ListConfig,
     ListenAddress,
     MirrorConfig,
     Network,
@@ -30,6 +31,7 @@ from proxyd._configschema import (
     UpstreamConfig,
 )
 from proxyd.durations import parse_duration, parse_size
+from proxyd.lists import FORMATS, ListError, read_list
 
 KeyPath = tuple[str | int, ...]
 Reader = Callable[[Any, KeyPath], Any]
@@ -387,6 +389,20 @@ def _mirror(value: object, path: KeyPath) -> MirrorConfig:
     )
 
 
+def _list(value: object, path: KeyPath) -> ListConfig:
+    table = _table(value, path)
+    _check_keys(table, ("path", "format", "route"), path)
+    file = Path(_str(_required(table, "path", path, "the list file"), (*path, "path")))
+    fmt = _choice(FORMATS)(table.get("format", "hostlist"), (*path, "format"))
+    route = _route_name(table["route"], (*path, "route")) if "route" in table else None
+    try:
+        domains = read_list(file, fmt)
+    except ListError as exc:
+        where = str(file) if exc.line is None else f"{file}:{exc.line}"
+        raise SchemaError((*path, "path"), f"{where}: {exc.message}") from None
+    return ListConfig(path=file, format=fmt, route=route, domains=domains)
+
+
 # TOML key -> (Config field, reader)
 _TOP_LEVEL: dict[str, tuple[str, Reader]] = {
     "listen": ("listen", _array(_listen_address)),
@@ -402,6 +418,7 @@ _TOP_LEVEL: dict[str, tuple[str, Reader]] = {
     "upstream": ("upstreams", _array(_upstream)),
     "rule": ("rules", _array(_rule)),
     "mirror": ("mirrors", _array(_mirror)),
+    "list": ("lists", _array(_list)),
 }
 
 

@@ -132,6 +132,7 @@ def _parse(text: str, source: str, overrides: Mapping[str, object]) -> Config:
     except tomllib.TOMLDecodeError as exc:
         raise _syntax_error(str(exc), source, text) from None
     overridden = _apply_overrides(raw, overrides)
+    _anchor_list_paths(raw, Path(source).parent)
     try:
         return _build(raw)
     except SchemaError as exc:
@@ -139,6 +140,14 @@ def _parse(text: str, source: str, overrides: Mapping[str, object]) -> Config:
         if any(exc.path[: len(path)] == path for path in overridden):
             raise ConfigError(OVERRIDES_SOURCE, None, key, exc.message) from None
         raise ConfigError(source, KeyLines(text).line_of(exc.path), key, exc.message) from None
+
+
+def _anchor_list_paths(raw: Mapping[str, Any], base: Path) -> None:
+    """Relative list paths are relative to the config file, wherever proxyd was started."""
+    tables = raw.get("list")
+    for table in tables if isinstance(tables, list) else []:
+        if isinstance(table, dict) and isinstance(table.get("path"), str) and table["path"]:
+            table["path"] = str(base / table["path"])
 
 
 def _build(raw: Mapping[str, Any]) -> Config:
@@ -198,6 +207,12 @@ def _check_route_names(config: Config) -> None:
             known = ", ".join([*BUILTIN_ROUTES, *seen])
             raise SchemaError(
                 ("rule", index, "route"), f"no route named {rule.route!r} (known: {known})"
+            )
+    for index, block_list in enumerate(config.lists):
+        if block_list.route is not None and block_list.route not in seen:
+            raise SchemaError(
+                ("list", index, "route"),
+                f"no upstream or mirror named {block_list.route!r} (known: {', '.join(seen)})",
             )
 
 
@@ -297,6 +312,11 @@ def _to_toml_data(config: Config) -> dict[str, Any]:
                 "scheme": mirror.scheme,
             }
             for mirror in config.mirrors
+        ],
+        "list": [
+            {"path": str(block_list.path), "format": block_list.format}
+            | ({} if block_list.route is None else {"route": block_list.route})
+            for block_list in config.lists
         ],
     }
 

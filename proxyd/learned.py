@@ -111,6 +111,16 @@ class LearnedRoutes:
             self._changed()
         return entry
 
+    def adopt_list_entry(self, host: str, route: str) -> DomainState | None:
+        entry = self.table.adopt_list_entry(host, route, self.now)
+        if entry is None:
+            return self.lookup(host)
+        log.info(
+            "%s is listed blocked: routed via %s until a re-test says otherwise", entry.key, route
+        )
+        self._changed()
+        return entry
+
     def classify(self, client_bytes: bytes, server_bytes: bytes) -> Reason | None:
         return classify_first_response(client_bytes, server_bytes, fingerprints=self.fingerprints)
 

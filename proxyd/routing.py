@@ -103,18 +103,20 @@ class Router:
         upstreams = tuple(self.upstreams.dialers())
         learned = self.learned
         if learned is None or not learned.config.enabled:
+            listed = self._listed(host)
+            if listed is not None:
+                return self._via_upstreams(host, port, listed[0], prefix + listed[1])
             return RoutePlan((self.direct,), prefix + "learning off: direct")
         entry = learned.lookup(host)
+        if entry is None:
+            listed = self._listed(host)
+            if listed is not None:
+                # Visited list entries join the learned table, so re-tests can overturn them.
+                entry = learned.adopt_list_entry(host, listed[0] or _first_name(upstreams))
         if entry is not None and entry.state is State.BLOCKED:
-            preferred = self.upstreams.get(entry.route)
-            ordered = ((preferred,) if preferred is not None else ()) + tuple(
-                u for u in upstreams if u is not preferred
-            )
-            if not ordered:
-                raise UpstreamUnavailable(host, port, "blocked, and no upstream is configured")
-            evidence = ", ".join(sorted({e.reason.value for e in entry.evidence})) or "forced"
+            evidence = ", ".join(sorted({e.reason.value for e in entry.evidence})) or entry.source
             why = f"{prefix}learned: {entry.key} blocked ({evidence}) since {entry.since:.0f}"
-            return RoutePlan(ordered, why, isolation=self._isolation(host))
+            return self._via_upstreams(host, port, entry.route, why)
         if entry is not None:
             return RoutePlan((self.direct,), f"{prefix}learned: {entry.key} works direct")
         return RoutePlan(
@@ -123,6 +125,26 @@ class Router:
             learn=bool(upstreams),
             isolation=self._isolation(host),
         )
+
+    def _via_upstreams(
+        self, host: str, port: int, preferred_name: str | None, why: str
+    ) -> RoutePlan:
+        """The upstream that worked (or a list names) first, the others as failover."""
+        upstreams = tuple(self.upstreams.dialers())
+        preferred = self.upstreams.get(preferred_name) if preferred_name else None
+        ordered = ((preferred,) if preferred is not None else ()) + tuple(
+            u for u in upstreams if u is not preferred
+        )
+        if not ordered:
+            raise UpstreamUnavailable(host, port, "blocked, and no upstream is configured")
+        return RoutePlan(ordered, why, isolation=self._isolation(host))
+
+    def _listed(self, host: str) -> tuple[str | None, str] | None:
+        """(the list's route, why) for the first imported list naming ``host``."""
+        for block_list in self.config.lists:
+            if block_list.domains.matches(host):
+                return block_list.route, f"listed in {block_list.path} ({block_list.format})"
+        return None
 
     def _isolation(self, host: str) -> str:
         return registrable_domain(host)
@@ -139,6 +161,10 @@ class Router:
             "why": plan.why,
             "learning": plan.learn,
         }
+
+
+def _first_name(upstreams: tuple[Dialer, ...]) -> str:
+    return upstreams[0].name if upstreams else ""
 
 
 def _describe(rule: RuleConfig) -> str:

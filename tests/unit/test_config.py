@@ -61,7 +61,7 @@ def test_example_file_sets_every_key_to_its_true_default() -> None:
 
 
 def test_example_file_shows_every_key_of_the_schema() -> None:
-    rich = parse_config(uncommented_example(), source="example")
+    rich = parse_config(uncommented_example(), source=str(EXAMPLE))
     documented = key_shapes(tomllib.loads(uncommented_example()))
     # dump_config writes every key of every table it is given, so its shape is the schema.
     assert key_shapes(tomllib.loads(dump_config(rich))) <= documented
@@ -69,7 +69,7 @@ def test_example_file_shows_every_key_of_the_schema() -> None:
 
 
 def test_example_with_everything_uncommented_round_trips() -> None:
-    rich = parse_config(uncommented_example(), source="example")
+    rich = parse_config(uncommented_example(), source=str(EXAMPLE))
     assert parse_config(dump_config(rich), source="dump") == rich
 
 
@@ -612,7 +612,7 @@ def test_size_spellings(value: int | str, size: int) -> None:
 
 def test_config_is_frozen_and_compares_by_value() -> None:
     text = uncommented_example()
-    first, second = parse_config(text, source="a"), parse_config(text, source="b")
+    first, second = (parse_config(text, source=str(EXAMPLE)) for _ in range(2))
     assert first == second and hash(first) == hash(second)
     with pytest.raises(dataclasses.FrozenInstanceError):
         first.log_level = "debug"  # type: ignore[misc]
