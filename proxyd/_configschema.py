@@ -43,6 +43,8 @@ class ListenAddress:
 @dataclass(frozen=True, slots=True)
 class AuthConfig:
     users: tuple[tuple[str, str], ...] = ()  # (username, password) in file order; dict() it
+    max_failures: int = 10  # per client address within failure_window, then refused
+    failure_window: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +190,9 @@ class Config:
     access_log: bool = False
     state_dir: Path | None = None  # None: $STATE_DIRECTORY or the XDG state dir
     via: bool = False
+    # Clients that are not loopback may not reach loopback, link-local or this machine's
+    # own addresses through the proxy (the router's admin pages, local daemons).
+    protect_local: bool = True
     auth: AuthConfig = AuthConfig()
     limits: Limits = Limits()
     learning: LearningConfig = LearningConfig()

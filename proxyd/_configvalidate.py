@@ -289,6 +289,12 @@ def _section(cls: Callable[..., Any], readers: Mapping[str, Reader]) -> Reader:
 
 _POSITIVE = _duration(positive=True)
 
+_AUTH: dict[str, Reader] = {
+    "users": _users,
+    "max_failures": _count(1),
+    "failure_window": _POSITIVE,
+}
+
 _LIMITS: dict[str, Reader] = {
     "max_connections": _count(1),
     "max_connections_per_client": _count(1),
@@ -412,7 +418,8 @@ _TOP_LEVEL: dict[str, tuple[str, Reader]] = {
     "access_log": ("access_log", _bool),
     "state_dir": ("state_dir", _state_dir),
     "via": ("via", _bool),
-    "auth": ("auth", _section(AuthConfig, {"users": _users})),
+    "protect_local": ("protect_local", _bool),
+    "auth": ("auth", _section(AuthConfig, _AUTH)),
     "limits": ("limits", _section(Limits, _LIMITS)),
     "learning": ("learning", _section(LearningConfig, _LEARNING)),
     "upstream": ("upstreams", _array(_upstream)),

@@ -6,6 +6,8 @@ import base64
 import binascii
 import hmac
 import ipaddress
+import socket
+from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
 
 from proxyd.errors import Forbidden
@@ -24,12 +26,53 @@ def parse_ip(text: str) -> IPAddress | None:
     return addr
 
 
+class AuthThrottle:
+    """Failed logins per client address in a sliding window, so passwords cannot be guessed
+    at wire speed. Bounded: the oldest addresses are forgotten first."""
+
+    MAX_CLIENTS = 4096
+
+    def __init__(self, max_failures: int, window: float) -> None:
+        self.max_failures = max_failures
+        self.window = window
+        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+
+    def blocked(self, client_ip: str, *, now: float) -> bool:
+        times = self._failures.get(client_ip)
+        if times is None:
+            return False
+        while times and times[0] <= now - self.window:
+            times.popleft()
+        if not times:
+            del self._failures[client_ip]
+            return False
+        return len(times) >= self.max_failures
+
+    def failed(self, client_ip: str, *, now: float) -> None:
+        times = self._failures.pop(client_ip, None) or deque()
+        times.append(now)
+        while len(times) > self.max_failures:
+            times.popleft()
+        self._failures[client_ip] = times
+        while len(self._failures) > self.MAX_CLIENTS:
+            self._failures.popitem(last=False)
+
+
 class AccessPolicy:
     """Decisions that depend on the client: allow-list, credentials, reachable destinations."""
 
-    def __init__(self, allow: Sequence[Network], users: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        allow: Sequence[Network],
+        users: Mapping[str, str],
+        *,
+        protect_local: bool = True,
+        throttle: AuthThrottle | None = None,
+    ) -> None:
         self._allow = tuple(allow)
         self._users = {name.encode(): pw.encode() for name, pw in users.items()}
+        self._protect_local = protect_local
+        self.throttle = throttle or AuthThrottle(10, 60.0)
 
     @property
     def auth_required(self) -> bool:
@@ -71,9 +114,30 @@ class AccessPolicy:
 
     def check_destination(self, client_ip: str, dest_ip: str, port: int) -> None:
         """Clients from other machines must not reach this machine's private services."""
+        if not self._protect_local:
+            return
         client = parse_ip(client_ip)
         if client is None or client.is_loopback:
             return
         dest = parse_ip(dest_ip)
-        if dest is not None and (dest.is_loopback or dest.is_link_local or dest.is_unspecified):
+        if dest is None:
+            return
+        if dest.is_loopback or dest.is_link_local or dest.is_unspecified:
             raise Forbidden(dest_ip, port, "LAN clients may not reach loopback or link-local")
+        if is_own_address(dest):
+            raise Forbidden(dest_ip, port, "LAN clients may not reach this machine through it")
+
+
+def is_own_address(addr: IPAddress) -> bool:
+    """Whether ``addr`` belongs to this machine: only such addresses can be bound.
+
+    Asking the kernel follows interfaces coming and going (DHCP, PPPoE) with no table to
+    keep fresh, for one cheap syscall.
+    """
+    family = socket.AF_INET6 if addr.version == 6 else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((str(addr), 0))
+        except OSError:
+            return False
+    return True

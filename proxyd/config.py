@@ -285,7 +285,8 @@ def _to_toml_data(config: Config) -> dict[str, Any]:
         "access_log": config.access_log,
         "state_dir": "" if config.state_dir is None else str(config.state_dir),
         "via": config.via,
-        "auth": {"users": dict(config.auth.users)},
+        "protect_local": config.protect_local,
+        "auth": _plain_fields(config.auth) | {"users": dict(config.auth.users)},
         "limits": _plain_fields(config.limits),
         "learning": _plain_fields(config.learning) | {"race_after": _race_after(config.learning)},
         "upstream": [
@@ -321,7 +322,7 @@ def _to_toml_data(config: Config) -> dict[str, Any]:
     }
 
 
-def _plain_fields(section: Limits | LearningConfig | RuleConfig) -> dict[str, Any]:
+def _plain_fields(section: AuthConfig | Limits | LearningConfig | RuleConfig) -> dict[str, Any]:
     return {field.name: _plain(getattr(section, field.name)) for field in fields(section)}
 
 

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from proxyd.access import is_own_address
 from proxyd.errors import (
     ConnectionRefused,
     ConnectionReset,
@@ -245,18 +246,7 @@ def forbid_endpoints(endpoints: Callable[[], Sequence[Address]]) -> Callable[[st
             if own_port != port:
                 continue
             own = ipaddress.ip_address(own_ip)
-            if own == addr or (own.is_unspecified and (addr.is_loopback or _is_local(addr))):
+            if own == addr or (own.is_unspecified and (addr.is_loopback or is_own_address(addr))):
                 raise Forbidden(ip, port, "destination is proxyd itself (request loop)")
 
     return check
-
-
-def _is_local(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    # Only addresses of this machine can be bound: a cheap local-address test, no lookup.
-    fam = socket.AF_INET6 if addr.version == 6 else socket.AF_INET
-    with socket.socket(fam, socket.SOCK_STREAM) as probe:
-        try:
-            probe.bind((str(addr), 0))
-        except OSError:
-            return False
-    return True

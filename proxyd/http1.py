@@ -100,10 +100,11 @@ __all__ = [
 class HttpError(ProxydError):
     """A head or body the proxy refuses; ``status`` is the answer the client should get."""
 
-    def __init__(self, status: int, reason: str) -> None:
+    def __init__(self, status: int, reason: str, *, limit: str | None = None) -> None:
         super().__init__(f"{status} {reason}")
         self.status = status
         self.reason = reason
+        self.limit = limit  # the config key of the limit that was exceeded, if one was
 
 
 class BodyKind(enum.Enum):
@@ -214,12 +215,12 @@ def parse_request(
         nl = part.find(b"\n")
         if nl < 0:
             if len(part) >= max_line + 2:
-                raise HttpError(414, "request line too long")
+                raise HttpError(414, "request line too long", limit="max_line")
         else:
             _request_line(part[: nl + 1], max_line)
             _check_partial_line_endings(part, nl + 1, len(part), 400)
         if len(buf) >= max_head:
-            raise HttpError(431, "request head too large")
+            raise HttpError(431, "request head too large", limit="max_head_bytes")
         return None
     nl = buf.find(b"\n", start)
     method, target, version = _request_line(bytes(buf[start : nl + 1]), max_line)
@@ -230,7 +231,7 @@ def parse_request(
 
 def _request_line(line: bytes, max_line: int) -> tuple[str, str, str]:
     if len(line) - 2 > max_line:
-        raise HttpError(414, "request line too long")
+        raise HttpError(414, "request line too long", limit="max_line")
     if not line.endswith(b"\r\n"):
         raise HttpError(400, "bare LF in request line")
     parts = line[:-2].split(b" ")
@@ -258,7 +259,7 @@ def _fields(
     if block.count(b"\r") != crlf or block.count(b"\n") != crlf:
         raise HttpError(status, "bare CR or LF in head")
     if crlf >= max_headers:
-        raise HttpError(too_many, "too many header fields")
+        raise HttpError(too_many, "too many header fields", limit="max_headers")
     if block.translate(None, _FIELD_BYTES):
         raise HttpError(status, "control character in header")
     names = []

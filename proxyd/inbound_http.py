@@ -104,14 +104,7 @@ class HttpClient:
                 self.rt.stats.rejected += 1
                 await self._send(http1.error_response(403, "proxyd: client not allowed"))
                 return
-            if not self.rt.access.check_basic(req.proxy_authorization):
-                await self._send(
-                    http1.error_response(
-                        407,
-                        "proxyd: proxy authentication required",
-                        extra_headers=(PROXY_AUTH_REQUIRED,),
-                    )
-                )
+            if not await self._authenticated(req):
                 return
             if req.is_connect:
                 await run_tunnel(
@@ -132,6 +125,29 @@ class HttpClient:
                 return
             if self.rt.draining:
                 return
+
+    async def _authenticated(self, req: Request) -> bool:
+        access = self.rt.access
+        if not access.auth_required:
+            return True
+        throttle, now = access.throttle, self.loop.time()
+        if throttle.blocked(self.client_ip, now=now):
+            self.rt.stats.limit_hit("auth_failures")
+            await self._send(
+                http1.error_response(429, "proxyd: too many failed logins, try again later")
+            )
+            return False
+        if access.check_basic(req.proxy_authorization):
+            return True
+        if req.proxy_authorization is not None:
+            # A missing header is a browser's first try, not a guess.
+            throttle.failed(self.client_ip, now=now)
+        await self._send(
+            http1.error_response(
+                407, "proxyd: proxy authentication required", extra_headers=(PROXY_AUTH_REQUIRED,)
+            )
+        )
+        return False
 
     def _local_answer(self, req: Request) -> bytes:
         if req.method in ("GET", "HEAD") and req.path == "/":
@@ -158,6 +174,7 @@ class HttpClient:
                 async with asyncio.timeout(limits.idle_timeout):
                     data = await self.loop.sock_recv(self.sock, RECV_SIZE)
             except TimeoutError:
+                self.rt.stats.limit_hit("idle_timeout")
                 return None
             if not data:
                 return None
@@ -178,7 +195,12 @@ class HttpClient:
                         raise ClientGone
                     self.buf += data
         except TimeoutError:
+            self.rt.stats.limit_hit("head_timeout")
             raise HttpError(408, "request head not received in time") from None
+        except HttpError as err:
+            if err.limit is not None:
+                self.rt.stats.limit_hit(err.limit)
+            raise
 
     async def _send(self, data: bytes) -> None:
         try:

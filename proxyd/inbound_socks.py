@@ -40,27 +40,27 @@ async def serve_socks(
     """Run one SOCKS client from its first bytes to the end of its tunnel."""
     loop = asyncio.get_running_loop()
     access = rt.access
+
+    def check_credentials(username: str, password: str) -> bool:
+        throttle, now = access.throttle, loop.time()
+        if throttle.blocked(client_ip, now=now):
+            rt.stats.limit_hit("auth_failures")
+            return False  # refused without looking: guessing right must not help
+        if access.check_credentials(username, password):
+            return True
+        throttle.failed(client_ip, now=now)
+        return False
+
     handshake = SocksHandshake(
-        check_credentials=access.check_credentials if access.auth_required else None
+        check_credentials=check_credentials if access.auth_required else None
     )
-    data = first_bytes
-    async with asyncio.timeout(rt.config.limits.head_timeout):
-        while True:
-            for event in handshake.receive_data(data):
-                if isinstance(event, SendBytes):
-                    await loop.sock_sendall(sock, event.data)
-                elif isinstance(event, HandshakeFailed):
-                    await loop.sock_sendall(sock, event.reply)
-                    return
-                elif isinstance(event, ConnectRequest):
-                    request = event
-                    break
-            else:
-                data = await loop.sock_recv(sock, 4096)
-                if not data:
-                    return
-                continue
-            break
+    try:
+        request = await _handshake(rt, sock, handshake, first_bytes)
+    except TimeoutError:
+        rt.stats.limit_hit("head_timeout")
+        return
+    if request is None:
+        return
     reply = _SocksReply(sock, handshake)
     if not allowed:
         rt.stats.rejected += 1
@@ -75,3 +75,23 @@ async def serve_socks(
         client_ip=client_ip,
         client_bytes=handshake.leftover,
     )
+
+
+async def _handshake(
+    rt: Runtime, sock: socket.socket, handshake: SocksHandshake, data: bytes
+) -> ConnectRequest | None:
+    """The client's CONNECT request, or None when the handshake ended without one."""
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(rt.config.limits.head_timeout):
+        while True:
+            for event in handshake.receive_data(data):
+                if isinstance(event, SendBytes):
+                    await loop.sock_sendall(sock, event.data)
+                elif isinstance(event, HandshakeFailed):
+                    await loop.sock_sendall(sock, event.reply)
+                    return None
+                elif isinstance(event, ConnectRequest):
+                    return event
+            data = await loop.sock_recv(sock, 4096)
+            if not data:
+                return None

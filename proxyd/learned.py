@@ -65,6 +65,7 @@ class LearnedRoutes:
         self._in_flight: set[str] = set()
         self._srtt = INITIAL_RTT
         self.save_failed: str | None = None
+        self.on_saved: Callable[[bool], None] | None = None  # told every save's outcome
 
     # -- configuration -------------------------------------------------------------------
 
@@ -194,18 +195,24 @@ class LearnedRoutes:
             if self.save_failed is None:
                 log.warning("cannot save learned routes (kept in memory): %s", err)
             self.save_failed = str(err)
+            self._report_save(ok=False)
             self._scheduler.failed(time.monotonic())
             self._arm_save_timer()
             return False
         if self.save_failed is not None:
             log.info("learned routes saved again to %s", self.path)
         self.save_failed = None
+        self._report_save(ok=True)
         self._saved_generation = generation
         self._scheduler.saved(captured)
         log.debug("state saved (%d entries)", len(data.get("entries", ())))
         if self._scheduler.deadline() is not None:
             self._arm_save_timer()
         return True
+
+    def _report_save(self, *, ok: bool) -> None:
+        if self.on_saved is not None:
+            self.on_saved(ok)
 
     async def close(self) -> None:
         if self._retest_task is not None:

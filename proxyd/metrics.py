@@ -3,7 +3,7 @@
 Nothing is observed through prometheus-client on the request path: ``Stats`` keeps plain
 ints, and ``ProxydCollector.collect`` turns them into metric families when Prometheus
 asks. Labels are bounded (route, upstream, protocol, outcome, reason, direction, state,
-source, result); no metric carries a domain or a client address.
+source, result, limit); no metric carries a domain or a client address.
 
 Public API:
 
@@ -21,6 +21,7 @@ Public API:
 
 from __future__ import annotations
 
+import asyncio
 import platform
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Protocol
@@ -140,6 +141,12 @@ class ProxydCollector:
             s.refused_by_reason.items(),
         )
         yield _counter(
+            "proxyd_limit_hits",
+            "Times a configured limit stopped a client, by the limit's config key",
+            ["limit"],
+            s.limit_hits.items(),
+        )
+        yield _counter(
             "proxyd_requests",
             "Requests finished (HTTP requests, CONNECT and SOCKS tunnels)",
             ["protocol", "route", "outcome"],
@@ -213,6 +220,7 @@ class ProxydCollector:
         )
         yield from self._learning(src)
         yield from self._upstreams(src)
+        yield from _tasks()
 
     @staticmethod
     def _learning(src: MetricSources) -> Iterable[Metric]:
@@ -249,6 +257,16 @@ class ProxydCollector:
                 latency.add_metric([health.name], health.latency)
         yield up
         yield latency
+
+
+def _tasks() -> Iterable[Metric]:
+    # Scrapes run on the event loop; a task count that never returns to its baseline after
+    # load is a leak the soak benchmark watches for from outside.
+    try:
+        count = len(asyncio.all_tasks())
+    except RuntimeError:
+        return
+    yield GaugeMetricFamily("proxyd_asyncio_tasks", "asyncio tasks alive now", value=count)
 
 
 def build_registry(sources: MetricSources) -> CollectorRegistry:

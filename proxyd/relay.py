@@ -143,6 +143,7 @@ class SpliceTunnel:
         "down",
         "loop",
         "server",
+        "timed_out",
         "up",
     )
 
@@ -161,6 +162,7 @@ class SpliceTunnel:
         self.down = _Pump(self, server, client)
         self.done: asyncio.Future[tuple[int, int]] = self.loop.create_future()
         self.active = False
+        self.timed_out = False
         self._idle_timeout = idle_timeout
         self._idle_handle: asyncio.TimerHandle | None = None
         self._finished_directions = 0
@@ -176,6 +178,7 @@ class SpliceTunnel:
 
     def _check_idle(self) -> None:
         if not self.active:
+            self.timed_out = True
             self.abort(TimeoutError("tunnel idle"))
             return
         self.active = False

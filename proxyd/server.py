@@ -16,7 +16,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from proxyd import http1
-from proxyd.access import AccessPolicy
+from proxyd.access import AccessPolicy, AuthThrottle
 from proxyd.config import Config, ListenAddress
 from proxyd.dialers import Address, DirectDialer, forbid_endpoints
 from proxyd.errors import DnsPoisoned
@@ -77,6 +77,7 @@ class ProxyServer:
         self._clients: dict[asyncio.Task[None], _Client] = {}
         self._per_client: Counter[str] = Counter()
         self._sweeper: asyncio.TimerHandle | None = None
+        self._auth_throttle = AuthThrottle(config.auth.max_failures, config.auth.failure_window)
         self._own_endpoints: list[Address] = []
         self._loop_check = forbid_endpoints(lambda: self._own_endpoints)
         self.direct = DirectDialer(
@@ -97,9 +98,16 @@ class ProxyServer:
         if learned is not None and learned.check_resolved(host, addresses) is not None:
             raise DnsPoisoned(host, 0, f"the resolver's answer {', '.join(addresses)} looks forged")
 
-    @staticmethod
-    def _access_for(config: Config) -> AccessPolicy:
-        return AccessPolicy(config.allow, dict(config.auth.users))
+    def _access_for(self, config: Config) -> AccessPolicy:
+        # One throttle across reloads: a reload must not forgive a password guesser.
+        self._auth_throttle.max_failures = config.auth.max_failures
+        self._auth_throttle.window = config.auth.failure_window
+        return AccessPolicy(
+            config.allow,
+            dict(config.auth.users),
+            protect_local=config.protect_local,
+            throttle=self._auth_throttle,
+        )
 
     def _destination_check(self, client_ip: str, ip: str, port: int) -> None:
         self._loop_check(ip, port)
@@ -207,12 +215,17 @@ class ProxyServer:
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             client_ip = str(peer[0])
-            over_limit = (
-                len(self._clients) >= limits.max_connections
-                or self._per_client[client_ip] >= limits.max_connections_per_client
-            )
+            over_limit = None
+            if len(self._clients) >= limits.max_connections:
+                over_limit = "max_connections"
+            elif self._per_client[client_ip] >= limits.max_connections_per_client:
+                over_limit = "max_connections_per_client"
             client = _Client(sock, client_ip)
-            handler = self._refuse(client) if over_limit else self._handle(client)
+            if over_limit is None:
+                handler = self._handle(client)
+            else:
+                self.rt.stats.limit_hit(over_limit)
+                handler = self._refuse(client)
             task = asyncio.ensure_future(handler)
             self._clients[task] = client
             self._per_client[client_ip] += 1
@@ -231,7 +244,10 @@ class ProxyServer:
         try:
             async with asyncio.timeout(self.rt.config.limits.head_timeout):
                 return await loop.sock_recv(client.sock, FIRST_READ)
-        except (TimeoutError, OSError):
+        except TimeoutError:
+            self.rt.stats.limit_hit("head_timeout")
+            return b""
+        except OSError:
             return b""
 
     async def _refuse(self, client: _Client) -> None:

@@ -13,6 +13,9 @@ client address: ``route`` is "direct", an upstream or mirror name, or "reject"):
     whose first byte chose ``protocol`` ("http", "socks5", "socks4") started or ended.
   - ``connection_refused(reason)``: a client was turned away ("limit", "not_allowed",
     "auth").
+  - ``limit_hit(limit)``: a configured limit stopped a client; ``limit`` is the name of
+    its config key ("max_connections", "max_connections_per_client", "max_head_bytes",
+    "max_headers", "max_line", "head_timeout", "idle_timeout") or "auth_failures".
   - ``request_done(protocol, route, outcome)``: one request finished; ``protocol`` is
     "http" (absolute-form), "connect", "socks5" or "socks4"; ``outcome`` is "ok",
     "client_error", "upstream_error", "dial_error" or "rejected".
@@ -110,6 +113,7 @@ class Stats:
     first_byte_latency: defaultdict[str, Histogram] = field(default_factory=_histograms)
     detections: defaultdict[str, int] = field(default_factory=_counts)
     retests: defaultdict[str, int] = field(default_factory=_counts)
+    limit_hits: defaultdict[str, int] = field(default_factory=_counts)
     state_saves: int = 0
     state_save_failures: int = 0
     config_reloads: int = 0
@@ -130,6 +134,9 @@ class Stats:
     def connection_refused(self, reason: str) -> None:
         self.rejected += 1
         self.refused_by_reason[reason] += 1
+
+    def limit_hit(self, limit: str) -> None:
+        self.limit_hits[limit] += 1
 
     # -- requests and tunnels --------------------------------------------------------------
 

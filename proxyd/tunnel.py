@@ -90,4 +90,6 @@ async def relay(rt: Runtime, client: socket.socket, conn: Connection) -> None:
         raise
     finally:
         rt.stats.active_tunnels -= 1
+    if tunnel.timed_out:
+        rt.stats.limit_hit("idle_timeout")
     rt.stats.add_bytes(conn.route, up, down)

@@ -26,6 +26,7 @@ class Proxyd:
         tmp_path: Path,
         env: dict[str, str] | None = None,
         netns: str | None = None,
+        wrap: Sequence[str] = (),
         wait: bool = True,
         raw_argv: bool = False,
     ) -> None:
@@ -44,6 +45,7 @@ class Proxyd:
             if "--state-dir" not in args and (config is None or "state_dir" not in config):
                 argv += ["--state-dir", str(tmp_path / "state")]
         argv += list(args)
+        argv = [*wrap, *argv]  # e.g. prlimit or unshare, which exec proxyd in place
         if netns is not None:
             argv = ["ip", "netns", "exec", netns, *argv]
         full_env = dict(os.environ)
