@@ -98,10 +98,20 @@ class LearnedRoutes:
         return self.table.lookup(host, self.now)
 
     def direct_worked(self, host: str) -> None:
+        if self.table.is_paused(self.now):
+            log.warning("learning resumed: %s works direct, the network is back", host)
         self.table.record_direct_success(host, self.now)
 
     def direct_failed(self, host: str, reason: Reason) -> None:
+        was_paused = self.table.is_paused(self.now)
         self.table.record_failure(host, DIRECT, reason, self.now)
+        if not was_paused and self.table.is_paused(self.now):
+            log.warning(
+                "learning paused: direct connections to many unrelated domains fail at once "
+                "(latest %s: %s); the network looks down, not censored",
+                host,
+                reason,
+            )
         self._changed()
 
     def confirm(self, host: str, reason: Reason, working_route: str) -> DomainState | None:
