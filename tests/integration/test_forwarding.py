@@ -155,3 +155,23 @@ def test_requests_to_different_origins_on_one_connection_are_routed_each(
                 if line.lower().startswith(b"content-length:"):
                     length = int(line.split(b":")[1])
             assert reader.read(length).decode() == target.name
+
+
+def test_origin_connections_are_kept_alive_and_reused_across_client_connections(
+    proxyd: Proxyd, origin: OriginServer, origin_b: OriginServer
+) -> None:
+    ports: dict[str, set[str]] = {origin.name: set(), origin_b.name: set()}
+    for _client_connection in range(5):
+        with socket.create_connection(proxyd.address) as sock:
+            reader = sock.makefile("rb")
+            for i in range(20):
+                target = origin if i % 2 == 0 else origin_b
+                sock.sendall(f"GET {target.url}/peer HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+                assert reader.readline().startswith(b"HTTP/1.1 200")
+                length = 0
+                while (line := reader.readline()) != b"\r\n":
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":")[1])
+                ports[target.name].add(reader.read(length).decode())
+    # 50 requests per origin from 5 client connections, carried by one origin connection each
+    assert {name: len(seen) for name, seen in ports.items()} == {origin.name: 1, origin_b.name: 1}

@@ -37,6 +37,11 @@ def _origin_app(name: str) -> web.Application:
         await resp.write_eof()
         return resp
 
+    async def peer(request: web.Request) -> web.Response:
+        # The proxy's side of this connection: equal ports mean a reused connection.
+        peername = request.transport.get_extra_info("peername") if request.transport else None
+        return web.Response(text=str(peername[1] if peername else ""))
+
     async def headers(request: web.Request) -> web.Response:
         return web.json_response({k: v for k, v in request.headers.items()})
 
@@ -57,6 +62,7 @@ def _origin_app(name: str) -> web.Application:
     app.router.add_route("*", "/echo", echo)
     app.router.add_get("/chunked", chunked)
     app.router.add_get("/headers", headers)
+    app.router.add_get("/peer", peer)
     app.router.add_get("/stream", stream)
     app.router.add_route("*", "/{tail:.*}", hello)
     return app
