@@ -1,5 +1,5 @@
 """Issue 3, acceptance 6: Debian's headless Chromium, pointed at proxyd, loads HTTPS pages
-from a blocked and an open site on the first visit.
+from a blocked and an open site on the first visit, as an HTTP proxy and as a SOCKS5 one.
 
 Chromium sends its own ClientHello (large, possibly split over two segments), may open
 several connections at once and gives up on a reset with ERR_CONNECTION_RESET: the
@@ -32,9 +32,15 @@ def chromium() -> None:
 
 
 @pytest.mark.usefixtures("chromium")
+@pytest.mark.parametrize("scheme", ["http", "socks5"])
 @pytest.mark.parametrize(("host", "peer"), [("sni.example", SOCKS_IP), ("open.example", CLIENT_IP)])
 def test_chromium_loads_https_page_on_first_visit_through_proxyd(
-    netlab: NetLab, launch_proxyd: ProxydLauncher, tmp_path: Path, host: str, peer: str
+    netlab: NetLab,
+    launch_proxyd: ProxydLauncher,
+    tmp_path: Path,
+    host: str,
+    peer: str,
+    scheme: str,
 ) -> None:
     proxy = launch_proxyd.start(proxyd_config([("tor", netlab.socks.url)]))
     path = unique_path()
@@ -42,7 +48,8 @@ def test_chromium_loads_https_page_on_first_visit_through_proxyd(
         f"https://{host}{path}",
         tmp_path / "profile",
         *CHROMIUM_FLAGS,
-        f"--proxy-server={proxy.url}",
+        # socks5:// in Chromium means remote DNS: proxyd gets the name, as with CONNECT
+        f"--proxy-server={scheme}://{proxy.host}:{proxy.port}",
     )
     page = netlab.exec_client(argv, timeout=60)
     assert f"origin {host} {path}" in page.stdout, (page.stderr[-2000:], proxy.log_text())
