@@ -76,6 +76,7 @@ class LearningConfig:
     blockpage_networks: tuple[Network, ...] = ()
     # Regex sources, searched (not full-matched) in Location and, UTF-8 encoded, the body.
     blockpage_fingerprints: tuple[str, ...] = ()
+    desync: bool = False  # try the direct route with split first bytes before upstreams
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

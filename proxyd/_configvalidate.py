@@ -37,7 +37,7 @@ KeyPath = tuple[str | int, ...]
 Reader = Callable[[Any, KeyPath], Any]
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
-BUILTIN_ROUTES = ("direct", "reject", "auto")
+BUILTIN_ROUTES = ("direct", "desync", "reject", "auto")
 RULE_MATCHERS = ("host", "domain", "regex", "cidr", "port")
 REMOTE_DNS_SCHEMES = frozenset({"socks5h", "socks4a"})
 
@@ -321,6 +321,7 @@ _LEARNING: dict[str, Reader] = {
     "save_debounce": _duration(positive=False),
     "blockpage_networks": _array(_network),
     "blockpage_fingerprints": _array(_fingerprint),
+    "desync": _bool,
 }
 
 _RULE: dict[str, Reader] = {

@@ -15,6 +15,7 @@ import logging
 import socket
 from typing import TYPE_CHECKING, Any, Protocol
 
+from proxyd.desync import send_first
 from proxyd.detect import Reason, Strength, classify_dial_error
 from proxyd.dialers import Connection, Dialer
 from proxyd.errors import ClientGone, DialError, UpstreamError
@@ -253,7 +254,7 @@ class TunnelVisit:
                 if self._client_bytes.done():
                     first = self._client_bytes.result()  # ClientGone propagates
                     if first and not server_ready.done():
-                        await self.loop.sock_sendall(conn.sock, first)
+                        await send_first(self.loop, conn, first)
                 answer = await self.loop.sock_recv(conn.sock, 65536)
         except TimeoutError:
             raise AttemptFailed(Reason.FIRST_BYTE_TIMEOUT) from None

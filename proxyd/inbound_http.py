@@ -14,6 +14,7 @@ import socket
 from collections.abc import Awaitable
 
 from proxyd import http1
+from proxyd.desync import send_first
 from proxyd.detect import Reason, classify_dial_error
 from proxyd.dialers import Connection, Dialer
 from proxyd.errors import ClientGone, DialError
@@ -256,7 +257,7 @@ class HttpClient:
         upload: asyncio.Task[None] | None = None
         try:
             try:
-                await self.loop.sock_sendall(origin.sock, head)
+                await send_first(self.loop, origin, head)
             except OSError:
                 raise _StaleOrigin from None
             if req.body.kind is not BodyKind.NONE:

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from proxyd.config import Config, RuleConfig
-from proxyd.dialers import Dialer
+from proxyd.desync import DesyncDialer
+from proxyd.dialers import Dialer, DirectDialer
 from proxyd.domains import is_local_destination, normalise_host, parse_ip, registrable_domain
 from proxyd.errors import Forbidden, UpstreamUnavailable
 from proxyd.learning import DIRECT, State
@@ -60,12 +61,13 @@ class Router:
     def __init__(
         self,
         config: Config,
-        direct: Dialer,
+        direct: DirectDialer,
         upstreams: UpstreamSet,
         learned: LearnedRoutes | None,
     ) -> None:
         self.config = config
         self.direct = direct
+        self.desync = DesyncDialer(direct)
         self.upstreams = upstreams
         self.learned = learned
         self._direct_only = RoutePlan((direct,), "local destination: always direct")
@@ -94,6 +96,8 @@ class Router:
             raise Forbidden(host, port, f"rejected by {why}")
         if route == DIRECT:
             return RoutePlan((self.direct,), f"{why} -> direct")
+        if route == self.desync.name:
+            return RoutePlan((self.desync,), f"{why} -> {route}")
         upstream = self.upstreams.get(route)
         if upstream is None:
             raise self.upstreams.unavailable_error(host, port)
@@ -119,10 +123,14 @@ class Router:
             return self._via_upstreams(host, port, entry.route, why)
         if entry is not None:
             return RoutePlan((self.direct,), f"{prefix}learned: {entry.key} works direct")
+        fallbacks = ((self.desync,) if learned.config.desync else ()) + upstreams
         return RoutePlan(
-            (self.direct, *upstreams),
-            prefix + "unknown: direct first, upstreams as fallback",
-            learn=bool(upstreams),
+            (self.direct, *fallbacks),
+            prefix
+            + "unknown: direct first, "
+            + "/".join(r.name for r in fallbacks)
+            + " as fallback",
+            learn=bool(fallbacks),
             isolation=self._isolation(host),
         )
 
@@ -130,8 +138,12 @@ class Router:
         self, host: str, port: int, preferred_name: str | None, why: str
     ) -> RoutePlan:
         """The upstream that worked (or a list names) first, the others as failover."""
-        upstreams = tuple(self.upstreams.dialers())
-        preferred = self.upstreams.get(preferred_name) if preferred_name else None
+        upstreams: tuple[Dialer, ...] = tuple(self.upstreams.dialers())
+        preferred: Dialer | None = None
+        if preferred_name == self.desync.name:
+            preferred = self.desync
+        elif preferred_name:
+            preferred = self.upstreams.get(preferred_name)
         ordered = ((preferred,) if preferred is not None else ()) + tuple(
             u for u in upstreams if u is not preferred
         )

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import socket
 
+from proxyd.desync import send_first
 from proxyd.dialers import Connection
 from proxyd.errors import ClientGone, DialError, UpstreamError
 from proxyd.firstvisit import TunnelReply, TunnelVisit, note_dial
@@ -55,7 +56,7 @@ async def run_tunnel(
         try:
             await reply.success(conn)
             if client_bytes:
-                await loop.sock_sendall(conn.sock, client_bytes)
+                await send_first(loop, conn, client_bytes)
         except OSError:
             conn.sock.close()
             return

@@ -1,0 +1,43 @@
+"""Desync in the lab: the censor's per-packet string match (iptables -m string) misses a
+name cut across two TCP segments, so with ``learning.desync`` on, an SNI-blocked HTTPS site
+and a Host-blocked HTTP site are reached *directly* on the first visit (the origin sees the
+client's own address, not the SOCKS server's), learned with route "desync", and the next
+visit goes straight there."""
+
+from __future__ import annotations
+
+import pytest
+from lab_sites import CLIENT_IP
+from netlab import NetLab
+from proxyd_fixture import (
+    NO_RETEST_SOON,
+    ProxydLauncher,
+    curl_via,
+    learned,
+    origin_answer,
+    proxyd_config,
+    unique_path,
+)
+
+
+@pytest.mark.parametrize(("scheme", "host"), [("https", "sni.example"), ("http", "host.example")])
+def test_desync_reaches_a_dpi_blocked_site_directly_and_is_learned(
+    netlab: NetLab, launch_proxyd: ProxydLauncher, scheme: str, host: str
+) -> None:
+    config = proxyd_config([("tor", netlab.socks.url)], **NO_RETEST_SOON)
+    config = config.replace("[learning]\n", "[learning]\ndesync = true\n")
+    proxy = launch_proxyd.start(config)
+    for visit in range(2):
+        hits = netlab.censor.hits(host)
+        path = unique_path()
+        mark = netlab.origin_mark()
+        result = curl_via(netlab, proxy, f"{scheme}://{host}{path}")
+        assert result.exit_code == 0, (result.stderr, proxy.log_text())
+        assert result.body == origin_answer(host, path)
+        netlab.wait_for_origin(host=host, path=path, peer_ip=CLIENT_IP, since=mark)
+        if visit == 0:
+            match = proxy.wait_for_log(learned(host))
+            assert match.group(2) == "desync"
+            assert netlab.censor.hits(host) > hits  # plain direct was tried and reset
+        else:
+            assert netlab.censor.hits(host) == hits  # straight to desync: nothing to reset
