@@ -3,7 +3,8 @@ workload for direct and each proxy, then the table goes to stdout and the JSON t
 
 ``main(argv)`` is what ``python -m benchmarks`` and ``python benchmarks/run.py`` call; options:
 ``--only WORKLOAD[,..]``, ``--proxies NAME[,..]``, ``--runs N`` (medians), ``--quick``,
-``--json PATH``. Progress goes to stderr.
+``--json PATH``, ``--no-setup``. Unless told not to, it first runs ``setup.sh`` when a tool or
+peer is missing, so one command works on a fresh Debian machine. Progress goes to stderr.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.metadata
+import importlib.util
 import json
 import os
 import shutil
@@ -30,6 +32,10 @@ from benchmarks.workloads import ALIASES, WORKLOADS, Context, Target, Workload
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DEBIAN_PACKAGES = ("nginx-light", "wrk", "curl", "tinyproxy", "privoxy", "squid", "microsocks")
+SETUP = Path(__file__).resolve().parent / "setup.sh"
+# Without these there is no measurement at all; a missing peer is only an "n/a" column.
+ESSENTIAL = ("nginx", "wrk", "curl", "taskset")
+PROGRAMS = (*ESSENTIAL, "tinyproxy", "privoxy", "squid", "microsocks")
 NOFILE = 70000
 
 
@@ -41,12 +47,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     names = ", ".join(w.name for w in WORKLOADS)
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n")[0])
     p.add_argument("--only", help=f"comma-separated workloads ({names}, latency)")
-    p.add_argument(
-        "--proxies", help=f"comma-separated ({', '.join(PEERS)}); default: all but proxyd-bare"
-    )
+    p.add_argument("--proxies", help=f"comma-separated ({', '.join(PEERS)}); default: all")
     p.add_argument("--runs", type=int, default=3, help="runs per workload, median reported")
     p.add_argument("--quick", action="store_true", help="1 run, shorter durations")
     p.add_argument("--json", type=Path, help="where to write the JSON (default: results/)")
+    p.add_argument("--no-setup", action="store_true", help="never run setup.sh, even if needed")
     return p.parse_args(argv)
 
 
@@ -136,6 +141,26 @@ def _one_run(
                 procs.stop(target.started)
 
 
+def _missing() -> list[str]:
+    missing = [t for t in PROGRAMS if shutil.which(t) is None]
+    for module in ("pproxy", "uvloop"):
+        if importlib.util.find_spec(module) is None:
+            missing.append(module)
+    return missing
+
+
+def _install_missing(allowed: bool) -> list[str]:
+    """Run setup.sh if anything is missing (and allowed); return what is still missing."""
+    missing = _missing()
+    if missing and allowed:
+        _log(f"missing {', '.join(missing)}: running {SETUP}")
+        env = {**os.environ, "PYTHON": sys.executable}
+        subprocess.run(["bash", str(SETUP)], env=env, check=False, stdout=sys.stderr)
+        importlib.invalidate_caches()
+        missing = _missing()
+    return missing
+
+
 def _versions() -> dict[str, str]:
     versions: dict[str, str] = {}
     with contextlib.suppress(OSError, subprocess.SubprocessError):
@@ -159,10 +184,12 @@ def _loadavg() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
+    # nginx, squid and privoxy live in sbin, which a normal user's PATH may lack.
+    os.environ["PATH"] = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
     workloads, peers = _select_workloads(args.only), _select_peers(args.proxies)
     runs = 1 if args.quick else max(1, args.runs)
-    missing = [t for t in ("nginx", "wrk", "curl", "taskset") if shutil.which(t) is None]
-    if missing:
+    missing = _install_missing(not args.no_setup)
+    if any(t in missing for t in ESSENTIAL):
         _log(f"missing {', '.join(missing)}: run benchmarks/setup.sh first")
         return 2
     nofile = procs.raise_nofile(NOFILE)

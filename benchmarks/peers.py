@@ -10,9 +10,9 @@
 Every config turns logging off (or to errors only) and caching off, so the figures compare
 relays, not disks. Python peers run with the harness's interpreter and the repo on PYTHONPATH.
 
-``proxyd-bare`` is the hook for the "learning+metrics overhead <= 5 %" target: the same daemon
-started with ``PROXYD_BARE_ENV`` / ``PROXYD_BARE_ARGS`` (placeholders; the lead names the real
-switch). It runs only when asked for: ``--proxies proxyd,proxyd-bare``.
+``proxyd-bare`` is the baseline of the "learning+metrics overhead <= 5 %" target: the same
+daemon and code with ``[learning] enabled = false`` and ``metrics = false`` (no per-request
+accounting), so the difference between the two columns is what learning and metrics cost.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarks import procs
+from proxyd.config import Config
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -32,6 +33,7 @@ REPO = Path(__file__).resolve().parent.parent
 # SOCKS part forces every loopback destination (the origin) through the upstream. The lead
 # owns the format: adjust here when config.py changes.
 PROXYD_CONFIG_TEMPLATE = """\
+{top}
 [limits]
 max_connections = 20000
 max_connections_per_client = 20000
@@ -45,9 +47,9 @@ url = "socks5://127.0.0.1:{socks_port}"
 cidr = "127.0.0.0/8"
 route = "bench-socks"
 """
-# Hook for the "learning+metrics overhead" target: the lead names the real switch.
-PROXYD_BARE_ENV = {"PROXYD_BENCH_BARE": "1"}
-PROXYD_BARE_ARGS: tuple[str, ...] = ()
+# Until the daemon has a metrics switch, the bare variant can only turn learning off.
+PROXYD_BARE_TOP = "metrics = false" if "metrics" in Config.__dataclass_fields__ else ""
+PROXYD_BARE_TABLES = "[learning]\nenabled = false\n"
 
 Launch = tuple[list[str], dict[str, str]]
 
@@ -70,9 +72,11 @@ def _python_env() -> dict[str, str]:
     return {"PYTHONPATH": str(REPO) + (os.pathsep + path if path else "")}
 
 
-def _proxyd(extra_args: tuple[str, ...], extra_env: dict[str, str]) -> Callable[..., Launch]:
+def _proxyd(bare: bool) -> Callable[..., Launch]:
     def build(d: Path, port: int, socks_port: int | None) -> Launch:
-        conf = PROXYD_CONFIG_TEMPLATE
+        conf = PROXYD_CONFIG_TEMPLATE.format(top=PROXYD_BARE_TOP if bare else "")
+        if bare:
+            conf += "\n" + PROXYD_BARE_TABLES
         if socks_port:
             conf += "\n" + PROXYD_SOCKS_CONFIG_TEMPLATE.format(socks_port=socks_port)
         (d / "proxyd.toml").write_text(conf)
@@ -80,7 +84,7 @@ def _proxyd(extra_args: tuple[str, ...], extra_env: dict[str, str]) -> Callable[
         cmd += ["--listen", f"127.0.0.1:{port}", "--admin", f"127.0.0.1:{procs.free_port()}"]
         # Learned state goes to the temp dir, never the user's.
         cmd += ["--log-level", "warning", "--state-dir", str(d / "state")]
-        return [*cmd, *extra_args], {**_python_env(), **extra_env}
+        return cmd, _python_env()
 
     return build
 
@@ -174,12 +178,8 @@ def _naive(d: Path, port: int, socks_port: int | None) -> Launch | None:
 PEERS: dict[str, Peer] = {
     p.name: p
     for p in (
-        Peer("proxyd", "this project", _proxyd((), {})),
-        Peer(
-            "proxyd-bare",
-            "proxyd, learning+metrics off",
-            _proxyd(PROXYD_BARE_ARGS, PROXYD_BARE_ENV),
-        ),
+        Peer("proxyd", "this project", _proxyd(bare=False)),
+        Peer("proxyd-bare", "proxyd, learning+metrics off", _proxyd(bare=True)),
         Peer("tinyproxy", "Debian, C, thread per client", _tinyproxy),
         Peer("privoxy", "Debian, C, no filters", _privoxy),
         Peer("squid", "Debian, C++, caching off", _squid),
@@ -187,7 +187,7 @@ PEERS: dict[str, Peer] = {
         Peer("naive", "our StreamReader relay, pipes after 1st request", _naive),
     )
 }
-DEFAULT_PEERS = ("proxyd", "tinyproxy", "privoxy", "squid", "pproxy", "naive")
+DEFAULT_PEERS = ("proxyd", "proxyd-bare", "tinyproxy", "privoxy", "squid", "pproxy", "naive")
 
 
 def start_peer(

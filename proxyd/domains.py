@@ -57,6 +57,11 @@ LOCAL_NETWORKS: tuple[IPNetwork, ...] = tuple(
 # home routers, which is where this daemon runs.
 LOCAL_SUFFIXES: tuple[str, ...] = ("localhost", "local", "home.arpa", "internal", "lan")
 
+# Every request's route decision asks these about its host; the same few hundred hosts
+# come back all day, and parsing them again cost more than the rest of the decision.
+# The answers depend only on the argument (the suffix list is fixed), so they are cached.
+_cached = functools.lru_cache(maxsize=4096)
+
 # Only these shapes go to inet_aton: it also accepts "1.2.3.4 trailing junk".
 _LEGACY_IPV4 = re.compile(r"(?:0x[0-9a-f]*|[0-9]+)(?:\.(?:0x[0-9a-f]*|[0-9]+)){0,3}")
 
@@ -71,6 +76,7 @@ def _suffix_list() -> Any:
     return PublicSuffixList()
 
 
+@_cached
 def parse_ip(host: str) -> IPAddress | None:
     """The address ``host`` denotes if it is an IP literal in any form a resolver takes."""
     text = host.strip().lower().rstrip(".")
@@ -90,6 +96,7 @@ def parse_ip(host: str) -> IPAddress | None:
     return address
 
 
+@_cached
 def normalise_host(host: str) -> str:
     address = parse_ip(host)
     if address is not None:
@@ -102,6 +109,7 @@ def normalise_host(host: str) -> str:
     return text
 
 
+@_cached
 def registrable_domain(host: str) -> str:
     name = normalise_host(host)
     if "." not in name or parse_ip(name) is not None:
@@ -114,6 +122,7 @@ def registrable_domain(host: str) -> str:
     return str(domain)
 
 
+@_cached
 def is_local_destination(host: str) -> bool:
     address = parse_ip(host)
     if address is not None:

@@ -19,6 +19,7 @@ from proxyd.detect import Reason, classify_dial_error
 from proxyd.dialers import Connection, Dialer
 from proxyd.errors import ClientGone, DialError
 from proxyd.firstvisit import Outcome, best_error, note_dial
+from proxyd.hotlane import AnswerHead, HotLane
 from proxyd.http1 import BodyKind, BodyScanner, HttpError, Request, Response
 from proxyd.pool import PoolKey
 from proxyd.race import AttemptFailed, Leg, dial_in_leg, run_race, take_answer
@@ -90,16 +91,22 @@ class HttpClient:
 
     async def _serve(self, allowed: bool) -> None:
         limits = self.rt.config.limits
-        first = True
+        lane = HotLane(self, allowed=allowed)
         while True:
-            self.idle = True
-            parsed = await self._read_head(wait_first_byte=not first)
-            if parsed is None:
+            handoff = await lane.next()
+            if handoff is None:
                 return
             self.idle = False
-            first = False
-            req, head_len = parsed
-            del self.buf[:head_len]
+            if isinstance(handoff, AnswerHead):
+                h = handoff
+                if not await self._relay_response(
+                    h.req, h.resp, h.rbuf, h.origin, h.key, limits.idle_timeout
+                ):
+                    return
+                if self.rt.draining:
+                    return
+                continue
+            req = handoff
             self.rt.stats.requests += 1
             if not allowed:
                 self.rt.stats.rejected += 1
@@ -160,48 +167,6 @@ class HttpClient:
         return http1.error_response(
             400, "proxyd: this is a proxy; send absolute-form requests (http://host/path)"
         )
-
-    async def _read_head(self, *, wait_first_byte: bool) -> tuple[Request, int] | None:
-        """Parse the next request head; None when the client closed between requests.
-
-        A kept-alive connection may sit idle for ``idle_timeout``; once the first byte of a
-        head is in, the whole head must arrive within ``head_timeout`` (slowloris defence).
-        """
-        limits = self.rt.config.limits
-        if not self.buf:
-            if not wait_first_byte:
-                raise AssertionError("the server hands over the first bytes")
-            try:
-                async with asyncio.timeout(limits.idle_timeout):
-                    data = await self.loop.sock_recv(self.sock, RECV_SIZE)
-            except TimeoutError:
-                self.rt.stats.limit_hit("idle_timeout")
-                return None
-            if not data:
-                return None
-            self.buf += data
-        try:
-            async with asyncio.timeout(limits.head_timeout):
-                while True:
-                    parsed = http1.parse_request(
-                        self.buf,
-                        max_head=limits.max_head_bytes,
-                        max_headers=limits.max_headers,
-                        max_line=limits.max_line,
-                    )
-                    if parsed is not None:
-                        return parsed
-                    data = await self.loop.sock_recv(self.sock, RECV_SIZE)
-                    if not data:
-                        raise ClientGone
-                    self.buf += data
-        except TimeoutError:
-            self.rt.stats.limit_hit("head_timeout")
-            raise HttpError(408, "request head not received in time") from None
-        except HttpError as err:
-            if err.limit is not None:
-                self.rt.stats.limit_hit(err.limit)
-            raise
 
     async def _send(self, data: bytes) -> None:
         try:

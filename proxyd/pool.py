@@ -20,7 +20,7 @@ class OriginPool:
     from a live idle connection without any timer per socket.
     """
 
-    def __init__(self, *, max_idle_per_key: int = 8, idle_seconds: float = 60.0) -> None:
+    def __init__(self, *, max_idle_per_key: int = 256, idle_seconds: float = 60.0) -> None:
         self._idle: dict[PoolKey, deque[tuple[Connection, float]]] = {}
         self._max_idle = max_idle_per_key
         self._idle_seconds = idle_seconds
