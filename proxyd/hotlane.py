@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from proxyd import http1
+from proxyd.desync import ROUTE as DESYNC
 from proxyd.dialers import Connection
 from proxyd.errors import DialError
 from proxyd.http1 import BodyKind, HttpError, Request, Response
@@ -262,8 +263,9 @@ class HotLane:
             plan = rt.router.plan(req.host, req.port)
         except DialError:
             return False
-        if plan.learn:
-            return False  # a first visit: the control plane watches it
+        if plan.learn or plan.first.name == DESYNC:
+            # A first visit is the control plane's to watch; a desync head must be split.
+            return False
         key: PoolKey = (plan.first.name, plan.isolation or "", req.host, req.port)
         origin = self._held.pop(key, None)
         if origin is None:

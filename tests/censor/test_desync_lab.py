@@ -41,3 +41,23 @@ def test_desync_reaches_a_dpi_blocked_site_directly_and_is_learned(
             assert netlab.censor.hits(host) > hits  # plain direct was tried and reset
         else:
             assert netlab.censor.hits(host) == hits  # straight to desync: nothing to reset
+
+
+def test_kept_alive_requests_to_a_desync_site_are_each_split(
+    netlab: NetLab, launch_proxyd: ProxydLauncher
+) -> None:
+    config = proxyd_config([("tor", netlab.socks.url)], **NO_RETEST_SOON)
+    proxy = launch_proxyd.start(config.replace("[learning]\n", "[learning]\ndesync = true\n"))
+    first = unique_path()
+    assert curl_via(netlab, proxy, f"http://host.example{first}").exit_code == 0
+    proxy.wait_for_log(learned("host.example"))
+    # several requests on one client connection: the kept-alive fast path must split too
+    paths = [unique_path() for _ in range(3)]
+    hits = netlab.censor.hits("host.example")
+    argv = ["curl", "-sS", "--max-time", "10", "-x", proxy.url]
+    done = netlab.exec_client(argv + [f"http://host.example{p}" for p in paths], timeout=20)
+    assert done.returncode == 0, (done.stderr, proxy.log_text())
+    assert done.stdout == "".join(origin_answer("host.example", p) for p in paths)
+    for path in paths:
+        netlab.wait_for_origin(host="host.example", path=path, peer_ip=CLIENT_IP)
+    assert netlab.censor.hits("host.example") == hits  # no unsplit head ever reached it
