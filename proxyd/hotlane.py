@@ -8,12 +8,9 @@ callback, the head is parsed as soon as it is complete, the request goes to the 
 origin, and the origin's reader callback forwards the answer. One timer per connection,
 re-armed lazily from a deadline, replaces a timeout context per read (DESIGN §8).
 
-A lane keeps the origin connections it used (up to ``HELD_ORIGINS``) instead of returning
-them to the shared pool after each answer, with their reader still registered: the next
-request to the same place costs no pool round trip and no epoll change, and an origin that
-closes an idle connection is noticed (and the connection dropped) by that same reader
-rather than by a probe before each use. They go back to the pool when the lane hands over
-to the coroutine or the client leaves.
+Origin connections come from the pool with their reader already registered
+(``OriginPool.checkout_armed``) and go back the same way, so a request costs no epoll
+change on the origin side.
 
 Anything else is handed back to ``HttpClient``'s coroutine (the control plane), which has
 the whole toolbox: first visits with racing and replay, dialing, request bodies, upgrades,
@@ -53,9 +50,6 @@ MAX_COPIED_BODY = 64 * 1024
 # What the client gets when the connection's timer expires: nothing (the connection just
 # closes), 408 for a head that did not complete, 504 for an answer that did not start.
 _QUIET, _HEAD, _ANSWER = 0, 1, 2
-# Origins a client connection keeps for itself: a page's plain-HTTP requests through one
-# connection mostly go to a handful of hosts.
-HELD_ORIGINS = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +76,6 @@ class HotLane:
         "_done",
         "_expiry",
         "_fd",
-        "_held",
         "_keep_alive",
         "_key",
         "_loop",
@@ -112,7 +105,6 @@ class HotLane:
         self._req: Request | None = None
         self._resp: Response | None = None
         self._origin: Connection | None = None
-        self._held: dict[PoolKey, Connection] = {}
         self._key: PoolKey | None = None
         self._rbuf = bytearray()
         self._remaining = 0
@@ -125,7 +117,7 @@ class HotLane:
         self._done = self._loop.create_future()
         self._client.idle = True
         self._wait_for_head(self._loop.time())
-        if not self._done.done():
+        if not self._done.done() and self._req is None:
             self._start_reading()
         try:
             return await self._done
@@ -136,7 +128,6 @@ class HotLane:
                 self._timer.cancel()
                 self._timer = None
             self._drop_origin()  # only set when cancelled mid-request
-            self._release_held()
 
     def _finish(self, result: Handoff) -> None:
         done = self._done
@@ -267,12 +258,9 @@ class HotLane:
             # A first visit is the control plane's to watch; a desync head must be split.
             return False
         key: PoolKey = (plan.first.name, plan.isolation or "", req.host, req.port)
-        origin = self._held.pop(key, None)
+        origin = rt.pool.checkout_armed(key, self._on_origin_readable)
         if origin is None:
-            origin = rt.pool.checkout(key)
-            if origin is None:
-                return False
-            self._loop.add_reader(origin.sock.fileno(), self._on_origin_readable, origin)
+            return False
         head = http1.encode_request_for_origin(req, via="1.1 proxyd" if rt.config.via else None)
         try:
             sent = origin.sock.send(head)
@@ -300,15 +288,7 @@ class HotLane:
     # -- origin side -----------------------------------------------------------------------
 
     def _on_origin_readable(self, origin: Connection) -> None:
-        if origin is not self._origin:
-            # Held and idle: an origin only speaks now to close (or to misbehave).
-            for key, held in self._held.items():
-                if held is origin:
-                    del self._held[key]
-                    break
-            self._close_origin(origin)
-            return
-        assert self._req is not None
+        assert origin is self._origin and self._req is not None
         try:
             data = origin.sock.recv(RECV_SIZE)
         except (BlockingIOError, InterruptedError):
@@ -399,7 +379,7 @@ class HotLane:
         self._origin = None
         self._req = None
         if resp.keep_alive:
-            self._hold(key, origin)
+            self._client.rt.pool.checkin(key, origin)
         else:
             self._close_origin(origin)
         if self._writing:
@@ -424,23 +404,6 @@ class HotLane:
     def _close_origin(self, origin: Connection) -> None:
         self._loop.remove_reader(origin.sock.fileno())
         origin.sock.close()
-
-    def _hold(self, key: PoolKey, origin: Connection) -> None:
-        held = self._held
-        if key in held or len(held) >= HELD_ORIGINS:
-            # Return the longest-held one (dicts keep insertion order) to everyone.
-            old_key = key if key in held else next(iter(held))
-            self._to_pool(old_key, held.pop(old_key))
-        held[key] = origin
-
-    def _to_pool(self, key: PoolKey, origin: Connection) -> None:
-        self._loop.remove_reader(origin.sock.fileno())
-        self._client.rt.pool.checkin(key, origin)
-
-    def _release_held(self) -> None:
-        for key, origin in self._held.items():
-            self._to_pool(key, origin)
-        self._held.clear()
 
     # -- writing to the client -------------------------------------------------------------
 

@@ -240,6 +240,16 @@ class ProxyServer:
         client.sock.close()
 
     async def _read_first(self, client: _Client) -> bytes:
+        # Clients send right after connecting, so by the time the accept is handled the
+        # bytes are often there already: one recv then saves a timer and a future.
+        try:
+            first = client.sock.recv(FIRST_READ)
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:
+            return b""
+        else:
+            return first
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.rt.config.limits.head_timeout):
