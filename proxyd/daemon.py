@@ -57,10 +57,12 @@ class Daemon:
             config = load_config(self._config_path, overrides=self._overrides)
             self.server.apply_config(config)
         except (ConfigError, StartupError) as err:
+            self.server.rt.stats.config_reloaded(False)
             log.error("reload failed, keeping the previous configuration: %s", err)
             self._notifier.ready(f"reload failed: {err}; kept previous config")
             return
         self.config = config
+        self.server.rt.stats.config_reloaded(True)
         log.info("configuration reloaded from %s", self._config_path or "embedded defaults")
         self._notifier.ready(self._summary())
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 
 from proxyd.desync import send_first
@@ -81,16 +80,14 @@ async def run_tunnel(
 
 async def relay(rt: Runtime, client: socket.socket, conn: Connection) -> None:
     tunnel = SpliceTunnel(client, conn.sock, idle_timeout=rt.config.limits.idle_timeout)
-    rt.stats.active_tunnels += 1
+    rt.stats.tunnel_opened(conn.route)
     try:
-        up, down = await asyncio.shield(tunnel.start())
+        await asyncio.shield(tunnel.start())
     except asyncio.CancelledError:
         tunnel.abort()
-        with contextlib.suppress(asyncio.CancelledError):
-            await tunnel.done
         raise
     finally:
-        rt.stats.active_tunnels -= 1
-    if tunnel.timed_out:
-        rt.stats.limit_hit("idle_timeout")
-    rt.stats.add_bytes(conn.route, up, down)
+        # abort() settles the counts at once, so they are final here on every path.
+        rt.stats.tunnel_closed(conn.route, tunnel.up.moved, tunnel.down.moved)
+        if tunnel.timed_out:
+            rt.stats.limit_hit("idle_timeout")
