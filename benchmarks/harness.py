@@ -223,7 +223,12 @@ def main(argv: list[str] | None = None) -> int:
     meta["loadavg_end"] = _loadavg()
     targets = ["direct", *(p.name for p in peers)]
     steps = Context(origin, workdir, args.quick).tunnel_steps
-    footer = []
+    m = meta["machine"]
+    footer = [
+        f"machine: {m['nproc']} CPUs, {m['cpu_model']}, Linux {m['kernel']}, Python "
+        f"{m['python']}; {runs} run(s); load average at start {meta['loadavg_start']}, "
+        f"at end {meta['loadavg_end']}"
+    ]
     if nofile < 2 * steps[-1] + 64:
         footer.append(
             f"RLIMIT_NOFILE is capped at {nofile:,} here (no CAP_SYS_RESOURCE to raise it): at 2 "
