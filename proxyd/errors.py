@@ -76,6 +76,12 @@ class UpstreamUnavailable(DialError):
     reason = "upstream_unavailable"
 
 
+class MirrorError(DialError):
+    """A mirror could not answer; ``detail`` names the mirror and says why."""
+
+    reason = "mirror_failed"
+
+
 class Forbidden(DialError):
     """Policy refuses the destination (rule ``reject``, loop, private address)."""
 

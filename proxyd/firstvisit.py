@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from proxyd.desync import send_first
 from proxyd.detect import Reason, Strength, classify_dial_error
 from proxyd.dialers import Connection, Dialer
-from proxyd.errors import ClientGone, DialError, UpstreamError
+from proxyd.errors import ClientGone, DialError, MirrorError, UpstreamError
 from proxyd.race import (
     AttemptFailed,
     Leg,
@@ -66,6 +66,9 @@ def best_error(rt: Runtime, result: RaceResult[object], host: str, port: int) ->
     """The failure to report when every route failed: what the destination said, or,
     when only the upstreams themselves failed, all of them by name."""
     errors = [f.error for f in result.failures if f.error is not None]
+    for err in errors:
+        if isinstance(err, MirrorError):
+            return err  # the mirror was the way around the block: say why it failed
     for err in errors:
         if not isinstance(err, UpstreamError):
             return err

@@ -21,6 +21,7 @@ from proxyd.errors import ClientGone, DialError
 from proxyd.firstvisit import Outcome, best_error, note_dial
 from proxyd.hotlane import AnswerHead, HotLane
 from proxyd.http1 import BodyKind, BodyScanner, HttpError, Request, Response
+from proxyd.mirror import MirrorAnswer, MirrorRoute
 from proxyd.pool import PoolKey
 from proxyd.race import AttemptFailed, Leg, dial_in_leg, run_race, take_answer
 from proxyd.relay import BodyPipe
@@ -189,7 +190,7 @@ class HttpClient:
         """
         rt = self.rt
         try:
-            plan = rt.router.plan(req.host, req.port)
+            plan = rt.router.plan(req.host, req.port, plain_http=True)
         except DialError as err:
             await self._send(http1.error_response(err.http_status, f"proxyd: {err.describe()}"))
             return False
@@ -212,6 +213,10 @@ class HttpClient:
                 http1.error_response(failure.http_status, f"proxyd: {failure.describe()}")
             )
             return False
+        if isinstance(chosen, MirrorAnswer):
+            return await chosen.deliver(
+                self.sock, version=req.version, keep_alive=req.keep_alive, timeout=timeout
+            )
         origin, key, resp, rbuf = chosen
         return await self._relay_response(req, resp, rbuf, origin, key, timeout)
 
@@ -399,8 +404,11 @@ class _StaleOrigin(Exception):
 Answer = tuple[Connection, PoolKey, Response, bytearray]
 
 
-def _close_answer(answer: Answer) -> None:
-    answer[0].sock.close()
+def _close_answer(answer: Answer | MirrorAnswer) -> None:
+    if isinstance(answer, MirrorAnswer):
+        answer.close()
+    else:
+        answer[0].sock.close()
 
 
 class _Exchange:
@@ -419,10 +427,12 @@ class _Exchange:
         self.replayable = req.idempotent and req.body.kind is BodyKind.NONE
         self.sent = False
 
-    async def attempt(self, leg: Leg) -> Answer:
+    async def attempt(self, leg: Leg) -> Answer | MirrorAnswer:
         client, req, rt = self.client, self.req, self.client.rt
         if self.sent and not self.replayable:
             raise HttpError(502, "the origin failed and this request cannot be replayed safely")
+        if isinstance(leg.route, MirrorRoute):
+            return await leg.route.answer(rt, req)
         key: PoolKey = (leg.route.name, self.plan.isolation or "", req.host, req.port)
         origin = rt.pool.checkout(key)
         reused = origin is not None

@@ -3,11 +3,20 @@
 Precedence (DESIGN §4): user rules > learned state > default (``auto``: direct first,
 upstreams as the transparent fallback). Every plan carries a one-line explanation, so
 ``/api/explain`` and logs can say which rule or which learned evidence chose it.
+
+Mirrors (``[[mirror]]``) only ever carry plain HTTP (``plan(..., plain_http=True)``):
+``when = "always"`` puts the mirror before the usual routes; ``when = "blocked"`` puts it
+right after direct on a first visit (before any upstream) and first once the domain is
+learned blocked, and leaves a domain that works direct alone. A tunnel (CONNECT, SOCKS)
+to a host whose mirror is in use takes the upstreams, and with none configured is refused
+with ``MirrorHttpsUnavailable``, whose text says why.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -20,10 +29,17 @@ from proxyd.learning import DIRECT, State
 
 if TYPE_CHECKING:
     from proxyd.learned import LearnedRoutes
+    from proxyd.mirror import MirrorRoute, MirrorSet
     from proxyd.upstreams import UpstreamSet
+
+log = logging.getLogger("proxyd.routing")
 
 REJECT = "reject"
 AUTO = "auto"
+
+
+class MirrorHttpsUnavailable(UpstreamUnavailable):
+    """A tunnel to a mirrored host with no upstream to carry it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,23 +80,30 @@ class Router:
         direct: DirectDialer,
         upstreams: UpstreamSet,
         learned: LearnedRoutes | None,
+        mirrors: MirrorSet | None = None,
     ) -> None:
         self.config = config
         self.direct = direct
         self.desync = DesyncDialer(direct)
         self.upstreams = upstreams
         self.learned = learned
+        self.mirrors = mirrors
         self._direct_only = RoutePlan((direct,), "local destination: always direct")
+        self._refusals_logged: set[str] = set()
 
-    def plan(self, host: str, port: int) -> RoutePlan:
+    def plan(self, host: str, port: int, *, plain_http: bool = False) -> RoutePlan:
         """Raises ``Forbidden`` for rejected destinations and ``UpstreamUnavailable`` when
-        a destination may only use upstreams and none is configured."""
+        a destination may only use upstreams and none is configured. ``plain_http``: the
+        request is an absolute-form HTTP request, which a mirror can carry."""
         host = normalise_host(host)
         for index, rule in enumerate(self.config.rules):
             if rule_matches(rule, host, port):
                 why = f"rule {index + 1} ({_describe(rule)})"
                 if rule.route == AUTO:
-                    return self._learned_or_default(host, port, why + " -> auto; ")
+                    return self._learned_or_default(host, port, why + " -> auto; ", plain_http)
+                mirror = self.mirrors.get(rule.route) if self.mirrors is not None else None
+                if mirror is not None:
+                    return self._mirror_first(host, port, mirror, plain_http, why)
                 return self._fixed(host, port, rule.route, why)
         if host.endswith(".onion"):
             tor = self.upstreams.tor
@@ -89,7 +112,7 @@ class Router:
             return RoutePlan((tor,), ".onion: the tor upstream", isolation=self._isolation(host))
         if is_local_destination(host):
             return self._direct_only
-        return self._learned_or_default(host, port, "")
+        return self._learned_or_default(host, port, "", plain_http)
 
     def _fixed(self, host: str, port: int, route: str, why: str) -> RoutePlan:
         if route == REJECT:
@@ -103,14 +126,18 @@ class Router:
             raise self.upstreams.unavailable_error(host, port)
         return RoutePlan((upstream,), f"{why} -> {route}", isolation=self._isolation(host))
 
-    def _learned_or_default(self, host: str, port: int, prefix: str) -> RoutePlan:
+    def _learned_or_default(self, host: str, port: int, prefix: str, plain_http: bool) -> RoutePlan:
         upstreams = tuple(self.upstreams.dialers())
+        mirror = self.mirrors.covering(host) if self.mirrors is not None else None
+        always = mirror if mirror is not None and mirror.config.when == "always" else None
         learned = self.learned
         if learned is None or not learned.config.enabled:
             listed = self._listed(host)
             if listed is not None:
-                return self._via_upstreams(host, port, listed[0], prefix + listed[1])
-            return RoutePlan((self.direct,), prefix + "learning off: direct")
+                why = prefix + listed[1]
+                return self._via_upstreams(host, port, listed[0], why, mirror, plain_http)
+            plan = RoutePlan((self.direct,), prefix + "learning off: direct")
+            return self._unless_always(host, port, always, plain_http, plan)
         entry = learned.lookup(host)
         if entry is None:
             listed = self._listed(host)
@@ -120,10 +147,30 @@ class Router:
         if entry is not None and entry.state is State.BLOCKED:
             evidence = ", ".join(sorted({e.reason.value for e in entry.evidence})) or entry.source
             why = f"{prefix}learned: {entry.key} blocked ({evidence}) since {entry.since:.0f}"
-            return self._via_upstreams(host, port, entry.route, why)
+            return self._via_upstreams(host, port, entry.route, why, mirror, plain_http)
         if entry is not None:
-            return RoutePlan((self.direct,), f"{prefix}learned: {entry.key} works direct")
-        fallbacks = ((self.desync,) if learned.config.desync else ()) + upstreams
+            plan = RoutePlan((self.direct,), f"{prefix}learned: {entry.key} works direct")
+            return (
+                plan if always is None else self._mirror_first(host, port, always, plain_http, plan)
+            )
+        desync = (self.desync,) if learned.config.desync else ()
+        fallbacks = desync + upstreams
+        if always is not None:
+            plan = RoutePlan(
+                (self.direct, *fallbacks),
+                prefix + "unknown",
+                learn=True,
+                isolation=self._isolation(host),
+            )
+            return self._mirror_first(host, port, always, plain_http, plan)
+        if mirror is not None and plain_http:
+            # The transparent retry tries the mirror before any upstream.
+            return RoutePlan(
+                (self.direct, *desync, mirror, *upstreams),
+                prefix + f"unknown: direct first, then {mirror.name}, then upstreams",
+                learn=True,
+                isolation=self._isolation(host),
+            )
         return RoutePlan(
             (self.direct, *fallbacks),
             prefix
@@ -135,9 +182,16 @@ class Router:
         )
 
     def _via_upstreams(
-        self, host: str, port: int, preferred_name: str | None, why: str
+        self,
+        host: str,
+        port: int,
+        preferred_name: str | None,
+        why: str,
+        mirror: MirrorRoute | None = None,
+        plain_http: bool = False,
     ) -> RoutePlan:
-        """The upstream that worked (or a list names) first, the others as failover."""
+        """The upstream that worked (or a list names) first, the others as failover;
+        the domain's mirror, if any, before them."""
         upstreams: tuple[Dialer, ...] = tuple(self.upstreams.dialers())
         preferred: Dialer | None = None
         if preferred_name == self.desync.name:
@@ -147,9 +201,12 @@ class Router:
         ordered = ((preferred,) if preferred is not None else ()) + tuple(
             u for u in upstreams if u is not preferred
         )
+        plan = RoutePlan(ordered, why, isolation=self._isolation(host))
+        if mirror is not None:
+            return self._mirror_first(host, port, mirror, plain_http, plan)
         if not ordered:
             raise UpstreamUnavailable(host, port, "blocked, and no upstream is configured")
-        return RoutePlan(ordered, why, isolation=self._isolation(host))
+        return plan
 
     def _listed(self, host: str) -> tuple[str | None, str] | None:
         """(the list's route, why) for the first imported list naming ``host``."""
@@ -157,6 +214,43 @@ class Router:
             if block_list.domains.matches(host):
                 return block_list.route, f"listed in {block_list.path} ({block_list.format})"
         return None
+
+    def _unless_always(
+        self, host: str, port: int, mirror: MirrorRoute | None, plain_http: bool, plan: RoutePlan
+    ) -> RoutePlan:
+        return plan if mirror is None else self._mirror_first(host, port, mirror, plain_http, plan)
+
+    def _mirror_first(
+        self,
+        host: str,
+        port: int,
+        mirror: MirrorRoute,
+        plain_http: bool,
+        rest: RoutePlan | str,
+    ) -> RoutePlan:
+        """The mirror, then ``rest`` (a plan, or the reason and the upstreams) as its
+        fallback; a tunnel cannot use the mirror and takes the upstreams instead."""
+        if isinstance(rest, str):
+            rest = RoutePlan(tuple(self.upstreams.dialers()), rest, isolation=self._isolation(host))
+        if plain_http:
+            why = f"{rest.why} -> {mirror.name} ({mirror.config.when})"
+            return dataclasses.replace(rest, routes=(mirror, *rest.routes), why=why)
+        upstreams = tuple(r for r in rest.routes if r is not self.direct) or tuple(
+            self.upstreams.dialers()
+        )
+        if upstreams:
+            why = f"{rest.why}; mirror {mirror.label} carries plain HTTP only: upstreams"
+            return RoutePlan(upstreams, why, isolation=self._isolation(host))
+        err = MirrorHttpsUnavailable(
+            host,
+            port,
+            f"served by mirror {mirror.label}, which carries plain HTTP only (HTTPS cannot "
+            "be rewritten without interception), and no upstream is configured",
+        )
+        if host not in self._refusals_logged and len(self._refusals_logged) < 1024:
+            self._refusals_logged.add(host)
+            log.warning("refusing tunnels to %s: %s", host, err.detail)
+        raise err
 
     def _isolation(self, host: str) -> str:
         return registrable_domain(host)
@@ -175,10 +269,6 @@ class Router:
         }
 
 
-def _first_name(upstreams: tuple[Dialer, ...]) -> str:
-    return upstreams[0].name if upstreams else ""
-
-
 def _describe(rule: RuleConfig) -> str:
     parts = []
     if rule.host is not None:
@@ -192,3 +282,7 @@ def _describe(rule: RuleConfig) -> str:
     if rule.port is not None:
         parts.append(f"port {rule.port}")
     return ", ".join(parts)
+
+
+def _first_name(upstreams: tuple[Dialer, ...]) -> str:
+    return upstreams[0].name if upstreams else ""

@@ -23,6 +23,7 @@ from proxyd.errors import DnsPoisoned
 from proxyd.inbound_http import HttpClient, log_unexpected
 from proxyd.inbound_socks import serve_socks
 from proxyd.learned import LearnedRoutes
+from proxyd.mirror import MirrorSet
 from proxyd.pool import OriginPool
 from proxyd.routing import Router
 from proxyd.runtime import Runtime
@@ -84,10 +85,11 @@ class ProxyServer:
             self._destination_check, self._check_answer if learned is not None else None
         )
         upstreams = UpstreamSet(config.upstreams)
+        self.mirrors = MirrorSet(config.mirrors)
         self.rt = Runtime(
             config=config,
             access=self._access_for(config),
-            router=Router(config, self.direct, upstreams, learned),
+            router=Router(config, self.direct, upstreams, learned, self.mirrors),
             pool=OriginPool(),
             upstreams=upstreams,
             learned=learned,
@@ -165,7 +167,10 @@ class ProxyServer:
         self.rt.config = config
         self.rt.access = self._access_for(config)
         self.rt.upstreams.reconfigure(config.upstreams)
-        self.rt.router = Router(config, self.direct, self.rt.upstreams, self.rt.learned)
+        self.mirrors.reconfigure(config.mirrors)
+        self.rt.router = Router(
+            config, self.direct, self.rt.upstreams, self.rt.learned, self.mirrors
+        )
         if self.rt.learned is not None:
             self.rt.learned.reconfigure(config.learning)
         self._refresh_endpoints()
@@ -193,6 +198,7 @@ class ProxyServer:
         if self._sweeper is not None:
             self._sweeper.cancel()
         self.rt.pool.close()
+        await self.mirrors.close()
 
     @property
     def active_clients(self) -> int:

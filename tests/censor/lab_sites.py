@@ -51,6 +51,8 @@ class Site:
     subdomains: tuple[str, ...] = ()  # full names served from the same address
     down: bool = False  # nothing answers, not even through the SOCKS server
     slow: bool = False  # the origin answers only after SLOW_DELAY
+    mirror: bool = False  # serves the lab's mirror site (httpd.py --mirror), not an origin
+    listening: bool = True  # False: the address is up, every connection is refused
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -83,8 +85,10 @@ SITES: tuple[Site, ...] = (
         "blog-mirror.example",
         "198.18.2.20",
         subdomains=("www.blog-mirror.example", "x.blog-mirror.example"),
+        mirror=True,
     ),
     Site("mirror.example", "198.18.2.21"),
+    Site("gone-mirror.example", "198.18.2.22", listening=False),
 )
 
 

@@ -177,7 +177,7 @@ class NetLab:
         self.socks.start()
         self.censor.install()
         self.censor.restore_defaults()
-        served = [site.address for site in SITES if not site.down]
+        served = [site.address for site in SITES if not site.down and site.listening]
         wait_listening(origin, "tcp", [(a, p) for a in served for p in (80, 443)])
         wait_listening(pages, "tcp", [(BLOCK_PAGE_IP, 80), (REDIRECT_IP, 80)])
 
@@ -360,8 +360,9 @@ class NetLab:
         for site in SITES:
             if site.slow:
                 origin_argv += ["--slow", site.address]
-            if not site.down:
-                origin_argv += ["--origin", site.address]
+            if site.down or not site.listening:
+                continue
+            origin_argv += ["--mirror" if site.mirror else "--origin", site.address]
         pages_argv = [*python, "--log", str(self.workdir / "isp-pages.log")]
         pages_argv += ["--block-page", BLOCK_PAGE_IP, "--redirect", REDIRECT_IP]
         origin = LabProcess("origin httpd", self.internet, origin_argv, self.workdir / "origin.out")

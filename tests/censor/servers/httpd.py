@@ -1,10 +1,11 @@
 """HTTP servers of the censorship lab, run inside a namespace by netlab.py.
 
     httpd.py --log FILE [--cert PEM --key PEM] [--slow ADDR --slow-delay S]
-             [--origin ADDR ...] [--block-page ADDR] [--redirect ADDR]
+             [--origin ADDR ...] [--mirror ADDR ...] [--block-page ADDR] [--redirect ADDR]
 
 - ``--origin ADDR``: an origin on ADDR:80 (and ADDR:443 with ``--cert``/``--key``) that
   answers ``origin HOST PATH``; on a ``--slow`` address only after ``--slow-delay``.
+- ``--mirror ADDR``: a mirror site on ADDR:80 (and 443), see ``_mirror``.
 - ``--block-page ADDR``: ADDR:80 answers every request with the ISP's block page.
 - ``--redirect ADDR``: ADDR:80 answers every request with a 302 to the block page.
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gzip
 import json
 import ssl
 import sys
@@ -63,6 +65,56 @@ def _origin(slow_addresses: set[str], slow_delay: float) -> Handler:
     return answer
 
 
+def mirror_page(host: str, path: str) -> str:
+    """The HTML a mirror serves: links to itself and its sibling hosts, and elsewhere."""
+    return (
+        f"<html><body><p>mirror {host} {path}</p>\n"
+        f'<a href="http://{host}/a">same host</a>\n'
+        '<a href="https://www.blog-mirror.example/b">https sibling</a>\n'
+        "<img src='//x.blog-mirror.example/c.png'>\n"
+        '<a href="http://open.example/d">elsewhere</a>\n'
+        "</body></html>\n"
+    )
+
+
+MIRROR_CSS = "body { background: url(http://www.blog-mirror.example/bg.png) }\n"
+BIG_BLOCK = b'<a href="http://www.blog-mirror.example/x">x</a>' * 1365  # about 64 KiB
+BIG_BLOCKS = 380  # about 24 MB, 21 MB once rewritten
+
+
+async def _mirror(request: web.Request) -> web.StreamResponse:
+    """``/page.html`` (links), ``/style.css``, ``/gzip.html`` (the page, gzip-encoded
+    whatever the client accepts), ``/big.html`` (BIG_BLOCKS * BIG_BLOCK streamed,
+    chunked), ``/moved`` (302 to the mirror's /page.html), ``/cookie`` (Set-Cookie for
+    the mirror's domain), ``/fail`` (503); anything else ``mirror HOST PATH``."""
+    host = request.host.rsplit(":", 1)[0]
+    path = request.path
+    if path == "/page.html":
+        return web.Response(text=mirror_page(host, path), content_type="text/html")
+    if path == "/style.css":
+        return web.Response(text=MIRROR_CSS, content_type="text/css")
+    if path == "/gzip.html":
+        body = gzip.compress(mirror_page(host, path).encode())
+        headers = {"Content-Encoding": "gzip", "Content-Type": "text/html; charset=utf-8"}
+        return web.Response(body=body, headers=headers)
+    if path == "/big.html":
+        response = web.StreamResponse(headers={"Content-Type": "text/html"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        for _ in range(BIG_BLOCKS):
+            await response.write(BIG_BLOCK)
+        await response.write_eof()
+        return response
+    if path == "/moved":
+        return web.Response(status=302, headers={"Location": f"http://{host}/page.html"})
+    if path == "/cookie":
+        cookie = "session=1; Domain=.blog-mirror.example; Path=/; HttpOnly"
+        return web.Response(text="cookie\n", headers={"Set-Cookie": cookie})
+    if path == "/fail":
+        return web.Response(status=503, text="mirror overloaded\n")
+    return web.Response(text=f"mirror {host} {request.raw_path}\n")
+
+
 async def _block_page(request: web.Request) -> web.StreamResponse:
     return web.Response(text=f"<html><body><h1>{BLOCK_PAGE_TEXT}</h1></body></html>\n")
 
@@ -88,6 +140,10 @@ async def serve(args: argparse.Namespace, log: TextIO) -> None:
         sites.append((_logged("origin", log, origin), address, 80, None))
         if tls is not None:
             sites.append((_logged("origin", log, origin), address, 443, tls))
+    for address in args.mirror:
+        sites.append((_logged("mirror", log, _mirror), address, 80, None))
+        if tls is not None:
+            sites.append((_logged("mirror", log, _mirror), address, 443, tls))
     if args.block_page:
         sites.append((_logged("block-page", log, _block_page), args.block_page, 80, None))
     if args.redirect:
@@ -105,6 +161,7 @@ def main() -> None:
     parser.add_argument("--cert")
     parser.add_argument("--key")
     parser.add_argument("--origin", action="append", default=[])
+    parser.add_argument("--mirror", action="append", default=[])
     parser.add_argument("--slow", action="append", default=[])
     parser.add_argument("--slow-delay", type=float, default=0.8)
     parser.add_argument("--block-page")

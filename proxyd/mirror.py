@@ -1,0 +1,492 @@
+"""Mirror routes: a blocked plain-HTTP site served from its mirror (DESIGN §4 "Mirror").
+
+- ``MirrorRoute(config)``: one ``[[mirror]]``. Its ``name`` is the route label
+  ``mirror:<name>`` (metrics, learning, logs); ``hosts`` is its ``HostMap``; ``up`` and
+  ``last_error`` its health as last seen (None: not tried yet).
+  ``await answer(rt, req) -> MirrorAnswer`` answers one plain-HTTP request for a host
+  it covers, or raises ``AttemptFailed`` carrying a ``MirrorError`` so that the next
+  route takes over:
+  - ``redirect``: a 302 (307 for methods that must keep their body) to the same path on
+    the mirror, once the mirror was seen reachable on its own route;
+  - ``proxy``: the request is sent to the mirror with the aiohttp client and the answer
+    is streamed back under the original host (``proxyd.mirror_rewrite`` says what is
+    rewritten). A connect error or a 5xx is a failure.
+  The mirror is reached by its own route: proxyd's plan for the mirror host (direct
+  first, or its upstreams when the mirror is learned blocked, or a rule's route), each
+  through a keep-alive pool of its own, trying the next when one cannot connect or the
+  connection is reset before an answer.
+- ``MirrorAnswer``: ``await deliver(sock, version=, keep_alive=, timeout=) -> bool``
+  (whether the client connection may carry another request), ``close()``.
+- ``MirrorSet(configs)``: ``covering(host)``, ``get(name)``, ``routes``,
+  ``reconfigure(configs)`` (keeps the pools of unchanged mirrors), ``await close()``.
+
+Only plain HTTP can be rewritten: routing never offers a mirror to a CONNECT or SOCKS
+tunnel (``MirrorRoute.dial`` refuses, should one ever try).
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import logging
+import socket
+import time
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+
+from proxyd import http1
+from proxyd.config import MirrorConfig
+from proxyd.detect import Reason
+from proxyd.dialers import Connection, Dialer
+from proxyd.errors import DialError, MirrorError
+from proxyd.mirror_rewrite import (
+    BodyDecoder,
+    BodyPlan,
+    DecodeError,
+    HostMap,
+    LinkRewriter,
+    body_plan,
+    rewrite_set_cookie,
+    rewrite_url,
+)
+from proxyd.race import AttemptFailed, spawn
+
+if TYPE_CHECKING:
+    from proxyd.http1 import Request
+    from proxyd.runtime import Runtime
+
+log = logging.getLogger("proxyd.mirror")
+
+# A redirect is only as good as the mirror it sends the browser to: it is checked with a
+# connection on the mirror's route, and a success is trusted for this long.
+REACHABLE_FOR = 30.0
+_DROP_REQUEST = frozenset(
+    (
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "upgrade",
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "accept-encoding",
+    )
+)
+_DROP_RESPONSE = frozenset(
+    (
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "te",
+        "trailer",
+        "upgrade",
+        "content-length",
+        # Over plain HTTP to the browser these name the mirror's HTTPS endpoints.
+        "strict-transport-security",
+        "alt-svc",
+    )
+)
+_URL_HEADERS = frozenset(("location", "content-location", "refresh"))
+_CODINGS_WE_DECODE = ("gzip", "x-gzip", "deflate", "identity")
+_SKIP_AUTO = ("Accept", "Accept-Encoding", "User-Agent")
+_KEEPS_BODY = frozenset(("GET", "HEAD"))
+
+
+class _AsIs(AbstractResolver):
+    """Hands the name to the dialer: resolving is the route's job (remote DNS upstream)."""
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        return [
+            {"hostname": host, "host": host, "port": port, "family": family, "proto": 0, "flags": 0}
+        ]
+
+    async def close(self) -> None:
+        return None
+
+
+class _RouteConnector(aiohttp.TCPConnector):
+    """aiohttp connections opened by a proxyd dialer (direct or an upstream), so the mirror
+    gets proxyd's destination checks, upstream handshakes and typed errors."""
+
+    def __init__(self, dialer: Dialer, *, connect_timeout: float, isolation: str | None) -> None:
+        super().__init__(resolver=_AsIs(), keepalive_timeout=30.0)
+        self.dialer = dialer
+        self._connect_timeout = connect_timeout
+        self._isolation = isolation
+
+    async def _wrap_create_connection(
+        self, *args: Any, addr_infos: Sequence[Any], **kwargs: Any
+    ) -> tuple[asyncio.Transport, aiohttp.client_proto.ResponseHandler]:
+        host, port = addr_infos[0][4][:2]
+        conn = await self.dialer.dial(
+            host, port, timeout=self._connect_timeout, isolation=self._isolation
+        )
+        for name in ("req", "timeout", "client_error"):
+            kwargs.pop(name, None)
+        try:
+            return await self._loop.create_connection(*args, sock=conn.sock, **kwargs)
+        except BaseException:
+            conn.sock.close()
+            raise
+
+
+class MirrorAnswer(abc.ABC):
+    """What a mirror answered, ready to be streamed to the client."""
+
+    @abc.abstractmethod
+    async def deliver(
+        self, sock: socket.socket, *, version: str, keep_alive: bool, timeout: float
+    ) -> bool: ...
+
+    def close(self) -> None:
+        return None
+
+
+class _Redirect(MirrorAnswer):
+    def __init__(self, req: Request, location: str) -> None:
+        self._req = req
+        self._location = location
+
+    async def deliver(
+        self, sock: socket.socket, *, version: str, keep_alive: bool, timeout: float
+    ) -> bool:
+        req = self._req
+        # An unread request body would be taken for the next request: close instead.
+        keep_alive = keep_alive and req.body.kind is http1.BodyKind.NONE
+        status, phrase = (
+            (302, "Found") if req.method in _KEEPS_BODY else (307, "Temporary Redirect")
+        )
+        body = f"proxyd: this site is served from its mirror at {self._location}\n".encode()
+        head = "\r\n".join(
+            [
+                f"HTTP/1.1 {status} {phrase}",
+                f"Location: {self._location}",
+                "Content-Type: text/plain; charset=utf-8",
+                f"Content-Length: {len(body)}",
+                "Connection: keep-alive" if keep_alive else "Connection: close",
+                "\r\n",
+            ]
+        ).encode("latin-1")
+        await asyncio.get_running_loop().sock_sendall(
+            sock, head if req.method == "HEAD" else head + body
+        )
+        return keep_alive
+
+
+class _Proxied(MirrorAnswer):
+    def __init__(
+        self, route: MirrorRoute, rt: Runtime, req: Request, resp: aiohttp.ClientResponse
+    ) -> None:
+        self._route = route
+        self._rt = rt
+        self._req = req
+        self._resp = resp
+
+    def close(self) -> None:
+        self._resp.close()
+
+    async def deliver(
+        self, sock: socket.socket, *, version: str, keep_alive: bool, timeout: float
+    ) -> bool:
+        resp, req = self._resp, self._req
+        hosts = self._route.hosts
+        plan = body_plan(resp.headers.get("Content-Type"), resp.headers.get("Content-Encoding"))
+        no_body = req.method == "HEAD" or resp.status in (204, 304) or resp.status < 200
+        lines = [f"HTTP/1.1 {resp.status} {resp.reason or ''}"]
+        for name, value in _response_headers(resp.raw_headers, hosts, plan):
+            lines.append(f"{name}: {value}")
+        length = resp.content_length
+        chunked = False
+        if no_body:
+            if length is not None and plan is BodyPlan.PASS:
+                lines.append(f"Content-Length: {length}")
+        elif length is not None and plan is BodyPlan.PASS:
+            lines.append(f"Content-Length: {length}")
+        elif version == "HTTP/1.1":
+            lines.append("Transfer-Encoding: chunked")
+            chunked = True
+        else:
+            keep_alive = False  # an HTTP/1.0 client learns the end by the close
+        keep_alive = keep_alive and not self._rt.draining
+        lines.append("Connection: keep-alive" if keep_alive else "Connection: close")
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        loop = asyncio.get_running_loop()
+        sent = 0
+        try:
+            await loop.sock_sendall(sock, head)
+            if not no_body:
+                sent = await self._stream(sock, plan, chunked=chunked, timeout=timeout)
+        except (DecodeError, aiohttp.ClientError) as err:
+            # Mid-body: the only honest answer left is a cut connection, never bad bytes.
+            log.info("mirror %s: answer for %s cut short: %s", self._route.label, req.host, err)
+            resp.close()
+            return False
+        except BaseException:
+            resp.close()
+            raise
+        finally:
+            self._rt.stats.add_bytes(self._route.name, 0, sent)
+        resp.release()
+        return keep_alive
+
+    async def _stream(
+        self, sock: socket.socket, plan: BodyPlan, *, chunked: bool, timeout: float
+    ) -> int:
+        loop = asyncio.get_running_loop()
+        resp = self._resp
+        decoder = (
+            BodyDecoder(resp.headers.get("Content-Encoding", "").strip().lower())
+            if plan is BodyPlan.DECODE_REWRITE
+            else None
+        )
+        rewriter = LinkRewriter(self._route.hosts) if plan is not BodyPlan.PASS else None
+        sent = 0
+
+        async def send(data: bytes) -> None:
+            nonlocal sent
+            if not data:
+                return
+            sent += len(data)
+            if chunked:
+                data = b"%x\r\n%b\r\n" % (len(data), data)
+            await loop.sock_sendall(sock, data)
+
+        while True:
+            async with asyncio.timeout(timeout):
+                data = await resp.content.readany()
+            if not data:
+                break
+            pieces: Iterable[bytes] = decoder.feed(data) if decoder is not None else (data,)
+            for piece in pieces:
+                await send(rewriter.feed(piece) if rewriter is not None else piece)
+        if decoder is not None:
+            decoder.finish()
+        if rewriter is not None:
+            await send(rewriter.finish())
+        if chunked:
+            await loop.sock_sendall(sock, b"0\r\n\r\n")
+        return sent
+
+
+def _response_headers(
+    raw: Iterable[tuple[bytes, bytes]], hosts: HostMap, plan: BodyPlan
+) -> list[tuple[str, str]]:
+    out = []
+    for raw_name, raw_value in raw:
+        name, value = raw_name.decode("latin-1"), raw_value.decode("latin-1")
+        key = name.lower()
+        if key in _DROP_RESPONSE or (key == "content-encoding" and plan is BodyPlan.DECODE_REWRITE):
+            continue
+        if key in _URL_HEADERS:
+            value = rewrite_url(value, hosts)
+        elif key == "set-cookie":
+            value = rewrite_set_cookie(value, hosts)
+        out.append((name, value))
+    return out
+
+
+class MirrorRoute:
+    def __init__(self, config: MirrorConfig) -> None:
+        self.config = config
+        self.name = f"mirror:{config.name}"
+        self.label = f"{config.name} ({config.to_host.removeprefix('*.')})"
+        self.hosts = HostMap(config.from_host, config.to_host)
+        self.up: bool | None = None
+        self.last_error: str | None = None
+        self._sessions: dict[tuple[str, str], aiohttp.ClientSession] = {}
+        self._reachable_until = 0.0
+
+    def covers(self, host: str) -> bool:
+        return self.hosts.to_mirror(host) is not None
+
+    async def dial(
+        self,
+        host: str,
+        port: int,
+        *,
+        timeout: float,
+        client_ip: str = "",
+        isolation: str | None = None,
+    ) -> Connection:
+        raise MirrorError(host, port, f"mirror {self.label} carries plain HTTP only")
+
+    async def answer(self, rt: Runtime, req: Request) -> MirrorAnswer:
+        mirror_host = self.hosts.to_mirror(req.host)
+        if mirror_host is None:
+            raise self._failed(req, "does not cover this host")
+        scheme = self.config.scheme
+        url = f"{scheme}://{mirror_host}{req.path}"
+        if self.config.mode == "redirect":
+            await self._check_reachable(rt, req, mirror_host)
+            return _Redirect(req, url)
+        if req.body.kind is not http1.BodyKind.NONE:
+            raise self._failed(req, "proxy mode forwards requests without a body only")
+        headers = _request_headers(req.headers, self.hosts)
+        port = 443 if scheme == "https" else 80
+        errors = []
+        for dialer, isolation in self._routes(rt, req, mirror_host, port):
+            session = self._session(rt, dialer, isolation)
+            try:
+                resp = await session.request(
+                    req.method,
+                    url,
+                    headers=headers,
+                    allow_redirects=False,
+                    skip_auto_headers=_SKIP_AUTO,
+                )
+            except DialError as err:
+                errors.append(f"{dialer.name}: {err.detail or err.reason}")
+                continue
+            except (aiohttp.ClientError, OSError, TimeoutError) as err:
+                errors.append(f"{dialer.name}: {_describe(err)}")
+                continue
+            if resp.status >= 500:
+                resp.release()
+                raise self._failed(req, f"answered {resp.status} {resp.reason or ''}".strip())
+            self._mark(up=True)
+            return _Proxied(self, rt, req, resp)
+        raise self._failed(req, "; ".join(errors) or "no route to the mirror")
+
+    async def _check_reachable(self, rt: Runtime, req: Request, mirror_host: str) -> None:
+        now = time.monotonic()
+        if now < self._reachable_until:
+            return
+        port = 443 if self.config.scheme == "https" else 80
+        errors = []
+        for dialer, isolation in self._routes(rt, req, mirror_host, port):
+            try:
+                conn = await dialer.dial(
+                    mirror_host,
+                    port,
+                    timeout=rt.config.limits.connect_timeout,
+                    isolation=isolation,
+                )
+            except DialError as err:
+                errors.append(f"{dialer.name}: {err.detail or err.reason}")
+                continue
+            conn.sock.close()
+            self._reachable_until = now + REACHABLE_FOR
+            self._mark(up=True)
+            return
+        raise self._failed(req, "; ".join(errors) or "no route to the mirror")
+
+    def _routes(
+        self, rt: Runtime, req: Request, mirror_host: str, port: int
+    ) -> list[tuple[Dialer, str | None]]:
+        try:
+            plan = rt.router.plan(mirror_host, port)
+        except DialError as err:
+            raise self._failed(req, err.describe()) from None
+        return [(dialer, plan.isolation) for dialer in plan.routes]
+
+    def _session(self, rt: Runtime, dialer: Dialer, isolation: str | None) -> aiohttp.ClientSession:
+        key = (dialer.name, isolation or "")
+        session = self._sessions.get(key)
+        connector = session.connector if session is not None else None
+        if session is None or session.closed or getattr(connector, "dialer", None) is not dialer:
+            limits = rt.config.limits
+            session = aiohttp.ClientSession(
+                connector=_RouteConnector(
+                    dialer, connect_timeout=limits.connect_timeout, isolation=isolation
+                ),
+                # The mirror's cookies belong to the browser, never to proxyd.
+                cookie_jar=aiohttp.DummyCookieJar(),
+                auto_decompress=False,
+                trust_env=False,
+                timeout=aiohttp.ClientTimeout(
+                    sock_connect=limits.connect_timeout, sock_read=limits.idle_timeout
+                ),
+            )
+            old = self._sessions.get(key)
+            if old is not None:
+                spawn(old.close())
+            self._sessions[key] = session
+        return session
+
+    def _failed(self, req: Request, why: str) -> AttemptFailed:
+        self._mark(up=False, error=why)
+        err = MirrorError(req.host, req.port, f"mirror {self.label} failed: {why}")
+        return AttemptFailed(Reason.GENERIC_FAILURE, err)
+
+    def _mark(self, *, up: bool, error: str | None = None) -> None:
+        if up != self.up:
+            if up:
+                log.info("mirror %s up", self.label)
+            else:
+                log.warning("mirror %s down: %s", self.label, error)
+        self.up = up
+        self.last_error = error
+
+    async def close(self) -> None:
+        sessions, self._sessions = list(self._sessions.values()), {}
+        for session in sessions:
+            await session.close()
+
+
+def _request_headers(headers: Iterable[tuple[str, str]], hosts: HostMap) -> list[tuple[str, str]]:
+    out = []
+    for name, value in headers:
+        key = name.lower()
+        if key in _DROP_REQUEST:
+            if key == "accept-encoding":
+                # Only codings proxyd can decode, so every HTML/CSS body can be rewritten.
+                codings = [c.strip() for c in value.split(",")]
+                kept = [c for c in codings if c.split(";")[0].strip().lower() in _CODINGS_WE_DECODE]
+                if kept:
+                    out.append((name, ", ".join(kept)))
+            continue
+        if key in ("referer", "origin"):
+            value = _to_mirror_url(value, hosts)
+        out.append((name, value))
+    return out
+
+
+def _to_mirror_url(value: str, hosts: HostMap) -> str:
+    scheme, sep, rest = value.partition("://")
+    if not sep:
+        return value
+    authority, slash, path = rest.partition("/")
+    host, colon, port = authority.partition(":")
+    mirror = hosts.to_mirror(host)
+    if mirror is None:
+        return value
+    return f"{scheme}://{mirror}{colon}{port}{slash}{path}"
+
+
+def _describe(err: BaseException) -> str:
+    if isinstance(err, aiohttp.ServerDisconnectedError):
+        return "connection closed before an answer"
+    if isinstance(err, TimeoutError):
+        return "no answer in time"
+    text = str(err) or type(err).__name__
+    return text.replace("\n", " ")
+
+
+class MirrorSet:
+    def __init__(self, configs: Sequence[MirrorConfig]) -> None:
+        self.routes: list[MirrorRoute] = [MirrorRoute(c) for c in configs]
+
+    def covering(self, host: str) -> MirrorRoute | None:
+        return next((m for m in self.routes if m.covers(host)), None)
+
+    def get(self, name: str) -> MirrorRoute | None:
+        return next((m for m in self.routes if m.config.name == name), None)
+
+    def reconfigure(self, configs: Sequence[MirrorConfig]) -> None:
+        old: dict[MirrorConfig, MirrorRoute] = {m.config: m for m in self.routes}
+        self.routes = [old.pop(c) if c in old else MirrorRoute(c) for c in configs]
+        for gone in old.values():
+            spawn(gone.close())
+
+    async def close(self) -> None:
+        for route in self.routes:
+            await route.close()
