@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import re
-import sys
 from pathlib import Path
 
 import pytest
+from lab_mirror import BIG_BLOCK, BIG_BLOCKS, MIRROR_CSS, mirror_page
 from lab_sites import CLIENT_IP, SOCKS_IP
 from netlab import NetLab
 from proxyd_fixture import (
@@ -28,12 +28,8 @@ from proxyd_fixture import (
     unique_path,
 )
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "servers"))
-from httpd import BIG_BLOCK, BIG_BLOCKS, MIRROR_CSS, mirror_page  # noqa: E402
+from tests.support.proc import Proxyd
 
-from tests.support.proc import Proxyd  # noqa: E402
-
-MIRROR_IP = "198.18.2.20"
 BLOG = '[[mirror]]\nname = "blog"\nfrom = "*.blog.example"\nto = "*.blog-mirror.example"\n'
 # Headers a browser sends with a page request.
 BROWSER = (
@@ -177,8 +173,7 @@ def test_when_blocked_leaves_a_site_that_works_direct_alone(
 
 
 GONE = (
-    '[[mirror]]\nname = "gone"\nfrom = "blog.example"\nto = "gone-mirror.example"\n'
-    'mode = "proxy"\n'
+    '[[mirror]]\nname = "gone"\nfrom = "blog.example"\nto = "gone-mirror.example"\nmode = "proxy"\n'
 )
 
 

@@ -28,6 +28,7 @@ from typing import TextIO
 from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from lab_mirror import BIG_BLOCK, BIG_BLOCKS, MIRROR_CSS, mirror_page
 from lab_sites import BLOCK_PAGE_TEXT, REDIRECT_LOCATION
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -63,23 +64,6 @@ def _origin(slow_addresses: set[str], slow_delay: float) -> Handler:
         return web.Response(text=f"origin {host} {request.raw_path}\n")
 
     return answer
-
-
-def mirror_page(host: str, path: str) -> str:
-    """The HTML a mirror serves: links to itself and its sibling hosts, and elsewhere."""
-    return (
-        f"<html><body><p>mirror {host} {path}</p>\n"
-        f'<a href="http://{host}/a">same host</a>\n'
-        '<a href="https://www.blog-mirror.example/b">https sibling</a>\n'
-        "<img src='//x.blog-mirror.example/c.png'>\n"
-        '<a href="http://open.example/d">elsewhere</a>\n'
-        "</body></html>\n"
-    )
-
-
-MIRROR_CSS = "body { background: url(http://www.blog-mirror.example/bg.png) }\n"
-BIG_BLOCK = b'<a href="http://www.blog-mirror.example/x">x</a>' * 1365  # about 64 KiB
-BIG_BLOCKS = 380  # about 24 MB, 21 MB once rewritten
 
 
 async def _mirror(request: web.Request) -> web.StreamResponse:
