@@ -81,6 +81,7 @@ class Reason(StrEnum):
     UPSTREAM_FAILED = "upstream_failed"
     UPSTREAM_UNAVAILABLE = "upstream_unavailable"
     ONION_SERVICE_FAILED = "onion_service_failed"
+    MIRROR_FAILED = "mirror_failed"  # about the mirror, never evidence about the site
     FORBIDDEN = "forbidden"
     GENERIC_FAILURE = "generic_failure"
 

@@ -415,7 +415,7 @@ class MirrorRoute:
     def _failed(self, req: Request, why: str) -> AttemptFailed:
         self._mark(up=False, error=why)
         err = MirrorError(req.host, req.port, f"mirror {self.label} failed: {why}")
-        return AttemptFailed(Reason.GENERIC_FAILURE, err)
+        return AttemptFailed(Reason.MIRROR_FAILED, err)
 
     def _mark(self, *, up: bool, error: str | None = None) -> None:
         if up != self.up:

@@ -70,7 +70,7 @@ async def _mirror(request: web.Request) -> web.StreamResponse:
     """``/page.html`` (links), ``/style.css``, ``/gzip.html`` (the page, gzip-encoded
     whatever the client accepts), ``/big.html`` (BIG_BLOCKS * BIG_BLOCK streamed,
     chunked), ``/moved`` (302 to the mirror's /page.html), ``/cookie`` (Set-Cookie for
-    the mirror's domain), ``/fail`` (503); anything else ``mirror HOST PATH``."""
+    the mirror's domain), ``/fail`` (503); anything else what an origin answers."""
     host = request.host.rsplit(":", 1)[0]
     path = request.path
     if path == "/page.html":
@@ -96,7 +96,7 @@ async def _mirror(request: web.Request) -> web.StreamResponse:
         return web.Response(text="cookie\n", headers={"Set-Cookie": cookie})
     if path == "/fail":
         return web.Response(status=503, text="mirror overloaded\n")
-    return web.Response(text=f"mirror {host} {request.raw_path}\n")
+    return web.Response(text=f"origin {host} {request.raw_path}\n")
 
 
 async def _block_page(request: web.Request) -> web.StreamResponse:
