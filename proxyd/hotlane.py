@@ -251,12 +251,13 @@ class HotLane:
         ):
             return False
         try:
-            plan = rt.router.plan(req.host, req.port)
+            plan = rt.router.plan(req.host, req.port, plain_http=True)
         except DialError:
             return False
         if plan.learn or plan.first.name == DESYNC:
             # A first visit is the control plane's to watch; a desync head must be split.
             return False
+        # A mirror first (never a pool key) misses the pool below and goes to the coroutine.
         key: PoolKey = (plan.first.name, plan.isolation or "", req.host, req.port)
         origin = rt.pool.checkout_armed(key, self._on_origin_readable)
         if origin is None:
