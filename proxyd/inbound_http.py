@@ -21,7 +21,8 @@ from proxyd.errors import ClientGone, DialError
 from proxyd.firstvisit import Outcome, best_error, note_dial
 from proxyd.hotlane import AnswerHead, HotLane
 from proxyd.http1 import BodyKind, BodyScanner, HttpError, Request, Response
-from proxyd.mirror import MirrorAnswer, MirrorRoute
+from proxyd.mirror import MirrorRoute
+from proxyd.mirror_answer import MirrorAnswer
 from proxyd.pool import PoolKey
 from proxyd.race import AttemptFailed, Leg, dial_in_leg, run_race, take_answer
 from proxyd.relay import BodyPipe

@@ -15,8 +15,9 @@
   first, or its upstreams when the mirror is learned blocked, or a rule's route), each
   through a keep-alive pool of its own, trying the next when one cannot connect or the
   connection is reset before an answer.
-- ``MirrorAnswer``: ``await deliver(sock, version=, keep_alive=, timeout=) -> bool``
-  (whether the client connection may carry another request), ``close()``.
+- ``MirrorAnswer`` (from ``proxyd.mirror_answer``): ``await deliver(sock, version=,
+  keep_alive=, timeout=) -> bool`` (whether the client connection may carry another
+  request), ``close()``.
 - ``MirrorSet(configs)``: ``covering(host)``, ``get(name)``, ``routes``,
   ``reconfigure(configs)`` (keeps the pools of unchanged mirrors), ``await close()``.
 
@@ -26,7 +27,6 @@ tunnel (``MirrorRoute.dial`` refuses, should one ever try).
 
 from __future__ import annotations
 
-import abc
 import asyncio
 import logging
 import socket
@@ -42,16 +42,8 @@ from proxyd.config import MirrorConfig
 from proxyd.detect import Reason
 from proxyd.dialers import Connection, Dialer
 from proxyd.errors import DialError, MirrorError
-from proxyd.mirror_rewrite import (
-    BodyDecoder,
-    BodyPlan,
-    DecodeError,
-    HostMap,
-    LinkRewriter,
-    body_plan,
-    rewrite_set_cookie,
-    rewrite_url,
-)
+from proxyd.mirror_answer import MirrorAnswer, ProxiedAnswer, RedirectAnswer
+from proxyd.mirror_rewrite import HostMap
 from proxyd.race import AttemptFailed, spawn
 
 if TYPE_CHECKING:
@@ -78,25 +70,8 @@ _DROP_REQUEST = frozenset(
         "accept-encoding",
     )
 )
-_DROP_RESPONSE = frozenset(
-    (
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "transfer-encoding",
-        "te",
-        "trailer",
-        "upgrade",
-        "content-length",
-        # Over plain HTTP to the browser these name the mirror's HTTPS endpoints.
-        "strict-transport-security",
-        "alt-svc",
-    )
-)
-_URL_HEADERS = frozenset(("location", "content-location", "refresh"))
 _CODINGS_WE_DECODE = ("gzip", "x-gzip", "deflate", "identity")
 _SKIP_AUTO = ("Accept", "Accept-Encoding", "User-Agent")
-_KEEPS_BODY = frozenset(("GET", "HEAD"))
 
 
 class _AsIs(AbstractResolver):
@@ -139,161 +114,6 @@ class _RouteConnector(aiohttp.TCPConnector):
             raise
 
 
-class MirrorAnswer(abc.ABC):
-    """What a mirror answered, ready to be streamed to the client."""
-
-    @abc.abstractmethod
-    async def deliver(
-        self, sock: socket.socket, *, version: str, keep_alive: bool, timeout: float
-    ) -> bool: ...
-
-    def close(self) -> None:
-        return None
-
-
-class _Redirect(MirrorAnswer):
-    def __init__(self, req: Request, location: str) -> None:
-        self._req = req
-        self._location = location
-
-    async def deliver(
-        self, sock: socket.socket, *, version: str, keep_alive: bool, timeout: float
-    ) -> bool:
-        req = self._req
-        # An unread request body would be taken for the next request: close instead.
-        keep_alive = keep_alive and req.body.kind is http1.BodyKind.NONE
-        status, phrase = (
-            (302, "Found") if req.method in _KEEPS_BODY else (307, "Temporary Redirect")
-        )
-        body = f"proxyd: this site is served from its mirror at {self._location}\n".encode()
-        head = "\r\n".join(
-            [
-                f"HTTP/1.1 {status} {phrase}",
-                f"Location: {self._location}",
-                "Content-Type: text/plain; charset=utf-8",
-                f"Content-Length: {len(body)}",
-                "Connection: keep-alive" if keep_alive else "Connection: close",
-                "\r\n",
-            ]
-        ).encode("latin-1")
-        await asyncio.get_running_loop().sock_sendall(
-            sock, head if req.method == "HEAD" else head + body
-        )
-        return keep_alive
-
-
-class _Proxied(MirrorAnswer):
-    def __init__(
-        self, route: MirrorRoute, rt: Runtime, req: Request, resp: aiohttp.ClientResponse
-    ) -> None:
-        self._route = route
-        self._rt = rt
-        self._req = req
-        self._resp = resp
-
-    def close(self) -> None:
-        self._resp.close()
-
-    async def deliver(
-        self, sock: socket.socket, *, version: str, keep_alive: bool, timeout: float
-    ) -> bool:
-        resp, req = self._resp, self._req
-        hosts = self._route.hosts
-        plan = body_plan(resp.headers.get("Content-Type"), resp.headers.get("Content-Encoding"))
-        no_body = req.method == "HEAD" or resp.status in (204, 304) or resp.status < 200
-        lines = [f"HTTP/1.1 {resp.status} {resp.reason or ''}"]
-        for name, value in _response_headers(resp.raw_headers, hosts, plan):
-            lines.append(f"{name}: {value}")
-        length = resp.content_length
-        chunked = False
-        if no_body:
-            if length is not None and plan is BodyPlan.PASS:
-                lines.append(f"Content-Length: {length}")
-        elif length is not None and plan is BodyPlan.PASS:
-            lines.append(f"Content-Length: {length}")
-        elif version == "HTTP/1.1":
-            lines.append("Transfer-Encoding: chunked")
-            chunked = True
-        else:
-            keep_alive = False  # an HTTP/1.0 client learns the end by the close
-        keep_alive = keep_alive and not self._rt.draining
-        lines.append("Connection: keep-alive" if keep_alive else "Connection: close")
-        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-        loop = asyncio.get_running_loop()
-        sent = 0
-        try:
-            await loop.sock_sendall(sock, head)
-            if not no_body:
-                sent = await self._stream(sock, plan, chunked=chunked, timeout=timeout)
-        except (DecodeError, aiohttp.ClientError) as err:
-            # Mid-body: the only honest answer left is a cut connection, never bad bytes.
-            log.info("mirror %s: answer for %s cut short: %s", self._route.label, req.host, err)
-            resp.close()
-            return False
-        except BaseException:
-            resp.close()
-            raise
-        finally:
-            self._rt.stats.add_bytes(self._route.name, 0, sent)
-        resp.release()
-        return keep_alive
-
-    async def _stream(
-        self, sock: socket.socket, plan: BodyPlan, *, chunked: bool, timeout: float
-    ) -> int:
-        loop = asyncio.get_running_loop()
-        resp = self._resp
-        decoder = (
-            BodyDecoder(resp.headers.get("Content-Encoding", "").strip().lower())
-            if plan is BodyPlan.DECODE_REWRITE
-            else None
-        )
-        rewriter = LinkRewriter(self._route.hosts) if plan is not BodyPlan.PASS else None
-        sent = 0
-
-        async def send(data: bytes) -> None:
-            nonlocal sent
-            if not data:
-                return
-            sent += len(data)
-            if chunked:
-                data = b"%x\r\n%b\r\n" % (len(data), data)
-            await loop.sock_sendall(sock, data)
-
-        while True:
-            async with asyncio.timeout(timeout):
-                data = await resp.content.readany()
-            if not data:
-                break
-            pieces: Iterable[bytes] = decoder.feed(data) if decoder is not None else (data,)
-            for piece in pieces:
-                await send(rewriter.feed(piece) if rewriter is not None else piece)
-        if decoder is not None:
-            decoder.finish()
-        if rewriter is not None:
-            await send(rewriter.finish())
-        if chunked:
-            await loop.sock_sendall(sock, b"0\r\n\r\n")
-        return sent
-
-
-def _response_headers(
-    raw: Iterable[tuple[bytes, bytes]], hosts: HostMap, plan: BodyPlan
-) -> list[tuple[str, str]]:
-    out = []
-    for raw_name, raw_value in raw:
-        name, value = raw_name.decode("latin-1"), raw_value.decode("latin-1")
-        key = name.lower()
-        if key in _DROP_RESPONSE or (key == "content-encoding" and plan is BodyPlan.DECODE_REWRITE):
-            continue
-        if key in _URL_HEADERS:
-            value = rewrite_url(value, hosts)
-        elif key == "set-cookie":
-            value = rewrite_set_cookie(value, hosts)
-        out.append((name, value))
-    return out
-
-
 class MirrorRoute:
     def __init__(self, config: MirrorConfig) -> None:
         self.config = config
@@ -327,7 +147,7 @@ class MirrorRoute:
         url = f"{scheme}://{mirror_host}{req.path}"
         if self.config.mode == "redirect":
             await self._check_reachable(rt, req, mirror_host)
-            return _Redirect(req, url)
+            return RedirectAnswer(req, url)
         if req.body.kind is not http1.BodyKind.NONE:
             raise self._failed(req, "proxy mode forwards requests without a body only")
         headers = _request_headers(req.headers, self.hosts)
@@ -353,7 +173,7 @@ class MirrorRoute:
                 resp.release()
                 raise self._failed(req, f"answered {resp.status} {resp.reason or ''}".strip())
             self._mark(up=True)
-            return _Proxied(self, rt, req, resp)
+            return ProxiedAnswer(self, rt, req, resp)
         raise self._failed(req, "; ".join(errors) or "no route to the mirror")
 
     async def _check_reachable(self, rt: Runtime, req: Request, mirror_host: str) -> None:
