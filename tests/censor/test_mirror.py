@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from lab_mirror import BIG_BLOCK, BIG_BLOCKS, MIRROR_CSS, mirror_page
+from lab_netns import LabUnavailable, tool
 from lab_sites import CLIENT_IP, SOCKS_IP
 from netlab import NetLab
 from proxyd_fixture import (
@@ -31,6 +32,7 @@ from proxyd_fixture import (
 from tests.support.proc import Proxyd
 
 BLOG = '[[mirror]]\nname = "blog"\nfrom = "*.blog.example"\nto = "*.blog-mirror.example"\n'
+CHROMIUM_FLAGS = ("--disable-background-networking", "--disable-component-update", "--no-first-run")
 # Headers a browser sends with a page request.
 BROWSER = (
     "-H",
@@ -108,6 +110,30 @@ def test_proxy_mode_serves_the_mirror_under_the_original_url_with_links_rewritte
     assert "Location: http://blog.example/page.html" in moved.body
     cookie = curl_via(netlab, proxy, "http://blog.example/cookie", "-sI")
     assert "Set-Cookie: session=1; Domain=blog.example; Path=/; HttpOnly" in cookie.body
+
+
+def test_chromium_gets_the_gzip_page_from_the_mirror_on_its_first_visit_with_links_rewritten(
+    netlab: NetLab, launch_proxyd: ProxydLauncher, tmp_path: Path
+) -> None:
+    try:
+        tool("chromium")
+    except LabUnavailable:
+        pytest.skip("chromium is not installed")
+    proxy = start(netlab, launch_proxyd, blog_mirror("proxy"))
+    argv = netlab.chromium_argv(
+        "http://blog.example/gzip.html",
+        tmp_path / "profile",
+        *CHROMIUM_FLAGS,
+        f"--proxy-server={proxy.url}",
+    )
+    page = netlab.exec_client(argv, timeout=60)
+    dom = page.stdout
+    assert "mirror blog-mirror.example /gzip.html" in dom, (page.stderr[-2000:], proxy.log_text())
+    assert 'href="http://blog.example/a"' in dom
+    assert 'href="http://www.blog.example/b"' in dom
+    assert 'src="//x.blog.example/c.png"' in dom
+    assert 'href="http://open.example/d"' in dom
+    assert proxy.wait_for_log(learned("blog.example")).group(2) == "mirror:blog"
 
 
 @pytest.mark.parametrize("compressed", [True, False], ids=["client-accepts-gzip", "identity"])
