@@ -30,6 +30,8 @@ METRICS: list[Metric] = [
     Metric("connect1_mbps", "CONNECT bulk 1 stream MB/s", "MB/s"),
     Metric("connect8_mbps", "CONNECT bulk 8 streams MB/s (aggregate)", "MB/s"),
     Metric("plain_mbps", "plain-HTTP GET bulk MB/s", "MB/s"),
+    Metric("keepalive_cpu_us", "proxy CPU per keep-alive request", "us", ratio=False),
+    Metric("newconn_cpu_us", "proxy CPU per new-connection request", "us", ratio=False),
     Metric("connect1_cpu", "proxy CPU s/GB, CONNECT 1 stream", "s/GB", ratio=False),
     Metric("connect8_cpu", "proxy CPU s/GB, CONNECT 8 streams", "s/GB", ratio=False),
     Metric("plain_cpu", "proxy CPU s/GB, plain-HTTP GET", "s/GB", ratio=False),
@@ -79,6 +81,8 @@ def fmt(value: float, unit: str) -> str:
         return f"{value:.1f} MB"
     if unit == "KB":
         return f"{value:.1f} KB"
+    if unit == "us":
+        return f"{value:.0f} us"
     if unit == "s/GB":
         return f"{value:.2f}"
     return f"{value:,.0f}"
@@ -121,11 +125,15 @@ def _overhead(results: Results, targets: list[str]) -> list[str]:
     if "proxyd" not in targets or "proxyd-bare" not in targets:
         return []
     parts = []
-    title = "learning+metrics overhead (proxyd vs proxyd-bare): "
+    title = "learning+metrics overhead (proxyd vs proxyd-bare; + is slower): "
     for key in ("keepalive_rps", "newconn_rps", "connect1_mbps", "plain_mbps"):
         full, bare = results.median(key, "proxyd"), results.median(key, "proxyd-bare")
         if full and bare:
             parts.append(f"{_BY_KEY[key].label.split(',')[0]}: {(1 - full / bare) * 100:+.1f} %")
+    for key in ("keepalive_cpu_us", "newconn_cpu_us", "connect1_cpu", "plain_cpu"):
+        full, bare = results.median(key, "proxyd"), results.median(key, "proxyd-bare")
+        if full and bare:
+            parts.append(f"{_BY_KEY[key].label}: {(full / bare - 1) * 100:+.1f} %")
     return [title + "; ".join(parts)] if parts else []
 
 

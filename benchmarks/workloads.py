@@ -6,7 +6,8 @@ Workloads with ``direct=False`` have no direct baseline (memory, proxy CPU).
 
 Keys (see ``report.METRICS`` for labels and units):
 idlerss -> idle_rss_mb; tunnels -> tunnel_kb, tunnels_held; keepalive -> keepalive_rps,
-keepalive_p99_ms; newconn -> newconn_rps; twoorigins -> twoorigins_rps, twoorigins_mismatch;
+keepalive_p99_ms, keepalive_cpu_us; newconn -> newconn_rps, newconn_cpu_us; twoorigins ->
+twoorigins_rps, twoorigins_mismatch;
 connect1 / connect8 -> connect{1,8}_mbps, connect{1,8}_cpu; plainbulk -> plain_mbps, plain_cpu;
 socksttfb -> socks_ttfb_ms.
 """
@@ -102,18 +103,34 @@ def _tunnels(ctx: Context, t: Target) -> Measured:
     return Measured(values, {"steps": [first, last], "rss_growth_kib": grown})
 
 
+def _cpu_us_per_request(t: Target, before: float, requests: int) -> float | None:
+    """Proxy CPU per request: steadier than req/s when other work shares the machine."""
+    if t.started is None or not requests:
+        return None
+    return (procs.cpu_seconds(t.started.pid) - before) / requests * 1e6
+
+
 def _keepalive(ctx: Context, t: Target) -> Measured:
     urls = [_one_k(ctx.origin.port_a)]
+    before = procs.cpu_seconds(t.started.pid) if t.started else 0.0
     r = wrk(t.connect_port(ctx.origin), urls, KEEPALIVE_CONNECTIONS, WRK_THREADS, ctx.wrk_seconds)
     values = {"keepalive_rps": r["rps"], "keepalive_p99_ms": r["p99_us"] / 1000}
+    us = _cpu_us_per_request(t, before, r["requests"])
+    if us is not None:
+        values["keepalive_cpu_us"] = us
     return Measured(values, {"wrk": r})
 
 
 def _newconn(ctx: Context, t: Target) -> Measured:
     urls = [_one_k(ctx.origin.port_a)]
     port = t.connect_port(ctx.origin)
+    before = procs.cpu_seconds(t.started.pid) if t.started else 0.0
     r = wrk(port, urls, KEEPALIVE_CONNECTIONS, WRK_THREADS, ctx.wrk_seconds, close=True)
-    return Measured({"newconn_rps": r["rps"]}, {"wrk": r})
+    values = {"newconn_rps": r["rps"]}
+    us = _cpu_us_per_request(t, before, r["requests"])
+    if us is not None:
+        values["newconn_cpu_us"] = us
+    return Measured(values, {"wrk": r})
 
 
 def _two_origins(ctx: Context, t: Target) -> Measured:
@@ -175,8 +192,8 @@ def _plain_bulk(ctx: Context, t: Target) -> Measured:
 WORKLOADS: list[Workload] = [
     Workload("idlerss", _idle_rss, ("idle_rss_mb",), direct=False),
     Workload("tunnels", _tunnels, ("tunnel_kb", "tunnels_held"), direct=False),
-    Workload("keepalive", _keepalive, ("keepalive_rps", "keepalive_p99_ms")),
-    Workload("newconn", _newconn, ("newconn_rps",)),
+    Workload("keepalive", _keepalive, ("keepalive_rps", "keepalive_p99_ms", "keepalive_cpu_us")),
+    Workload("newconn", _newconn, ("newconn_rps", "newconn_cpu_us")),
     Workload("twoorigins", _two_origins, ("twoorigins_rps", "twoorigins_mismatch")),
     Workload("connect1", _connect1, ("connect1_mbps", "connect1_cpu")),
     Workload("connect8", _connect8, ("connect8_mbps", "connect8_cpu")),
