@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
 
 from proxyd import http1
 from proxyd.desync import send_first
@@ -412,6 +412,34 @@ def _close_answer(answer: Answer | MirrorAnswer) -> None:
         answer[0].sock.close()
 
 
+class _ClientBody:
+    """A Content-Length request body streamed from the client as a mirror reads it."""
+
+    def __init__(self, client: HttpClient, req: Request) -> None:
+        self.client = client
+        self.req = req
+        self.started = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        client = self.client
+        self.started = True
+        rest = self.req.body.length
+        if self.req.expect_continue and not client.buf:
+            await client._send(b"HTTP/1.1 100 Continue\r\n\r\n")
+        have = min(len(client.buf), rest)
+        if have:
+            chunk = bytes(client.buf[:have])
+            del client.buf[:have]
+            rest -= have
+            yield chunk
+        while rest:
+            data = await client.loop.sock_recv(client.sock, min(rest, RECV_SIZE))
+            if not data:
+                raise ClientGone
+            rest -= len(data)
+            yield data
+
+
 class _Exchange:
     """One request's attempt on one route: pooled or new connection, request, answer head."""
 
@@ -433,7 +461,11 @@ class _Exchange:
         if self.sent and not self.replayable:
             raise HttpError(502, "the origin failed and this request cannot be replayed safely")
         if isinstance(leg.route, MirrorRoute):
-            return await leg.route.answer(rt, req)
+            body = _ClientBody(client, req) if req.body.kind is BodyKind.LENGTH else None
+            try:
+                return await leg.route.answer(rt, req, body)
+            finally:
+                self.sent = self.sent or (body is not None and body.started)
         key: PoolKey = (leg.route.name, self.plan.isolation or "", req.host, req.port)
         origin = rt.pool.checkout(key)
         reused = origin is not None

@@ -3,9 +3,10 @@
 - ``MirrorRoute(config)``: one ``[[mirror]]``. Its ``name`` is the route label
   ``mirror:<name>`` (metrics, learning, logs); ``hosts`` is its ``HostMap``; ``up`` and
   ``last_error`` its health as last seen (None: not tried yet).
-  ``await answer(rt, req) -> MirrorAnswer`` answers one plain-HTTP request for a host
-  it covers, or raises ``AttemptFailed`` carrying a ``MirrorError`` so that the next
-  route takes over:
+  ``await answer(rt, req, body=None) -> MirrorAnswer`` answers one plain-HTTP request
+  for a host it covers (``body``: a ``RequestBody`` streaming a Content-Length body; a
+  chunked one is not forwarded), or raises ``AttemptFailed`` carrying a ``MirrorError``
+  so that the next route takes over:
   - ``redirect``: a 302 (307 for methods that must keep their body) to the same path on
     the mirror, once the mirror was seen reachable on its own route;
   - ``proxy``: the request is sent to the mirror with the aiohttp client and the answer
@@ -31,8 +32,8 @@ import asyncio
 import logging
 import socket
 import time
-from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
@@ -114,6 +115,15 @@ class _RouteConnector(aiohttp.TCPConnector):
             raise
 
 
+class RequestBody(Protocol):
+    """The client's request body, read as the mirror takes it; ``started`` once the
+    first byte was taken (from then on the request cannot go to another route)."""
+
+    started: bool
+
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
+
+
 class MirrorRoute:
     def __init__(self, config: MirrorConfig) -> None:
         self.config = config
@@ -139,7 +149,9 @@ class MirrorRoute:
     ) -> Connection:
         raise MirrorError(host, port, f"mirror {self.label} carries plain HTTP only")
 
-    async def answer(self, rt: Runtime, req: Request) -> MirrorAnswer:
+    async def answer(
+        self, rt: Runtime, req: Request, body: RequestBody | None = None
+    ) -> MirrorAnswer:
         mirror_host = self.hosts.to_mirror(req.host)
         if mirror_host is None:
             raise self._failed(req, "does not cover this host")
@@ -148,18 +160,25 @@ class MirrorRoute:
         if self.config.mode == "redirect":
             await self._check_reachable(rt, req, mirror_host)
             return RedirectAnswer(req, url)
-        if req.body.kind is not http1.BodyKind.NONE:
-            raise self._failed(req, "proxy mode forwards requests without a body only")
+        if req.body.kind is not http1.BodyKind.NONE and (
+            body is None or req.body.kind is not http1.BodyKind.LENGTH
+        ):
+            raise self._failed(req, "proxy mode forwards request bodies with a length only")
         headers = _request_headers(req.headers, self.hosts)
+        if body is not None:
+            headers.append(("Content-Length", str(req.body.length)))
         port = 443 if scheme == "https" else 80
         errors = []
         for dialer, isolation in self._routes(rt, req, mirror_host, port):
+            if body is not None and body.started:
+                break  # the body went to a route that failed: it cannot be sent again
             session = self._session(rt, dialer, isolation)
             try:
                 resp = await session.request(
                     req.method,
                     url,
                     headers=headers,
+                    data=body,
                     allow_redirects=False,
                     skip_auto_headers=_SKIP_AUTO,
                 )

@@ -174,6 +174,20 @@ def test_proxy_mode_streams_20_mb_with_bounded_memory(
     assert peak - before < 8 * 1024, (before, peak)
 
 
+def test_proxy_mode_forwards_a_request_body_to_the_mirror(
+    netlab: NetLab, launch_proxyd: ProxydLauncher, tmp_path: Path
+) -> None:
+    proxy = start(netlab, launch_proxyd, blog_mirror("proxy", when="always"))
+    upload = tmp_path / "form.bin"
+    upload.write_bytes(bytes(range(256)) * 4096)  # 1 MiB: curl asks for 100-continue
+    result = curl_via(
+        netlab, proxy, "http://blog.example/echo", "--data-binary", f"@{upload}", max_time=20
+    )
+    digest = hashlib.sha256(upload.read_bytes()).hexdigest()
+    assert result.body == f"POST {upload.stat().st_size} {digest}\n", (result, proxy.log_text())
+    netlab.wait_for_origin(host="blog-mirror.example", path="/echo")
+
+
 def test_wildcard_mapping_keeps_the_subdomain_of_each_host(
     netlab: NetLab, launch_proxyd: ProxydLauncher
 ) -> None:

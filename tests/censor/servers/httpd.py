@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gzip
+import hashlib
 import json
 import ssl
 import sys
@@ -70,7 +71,8 @@ async def _mirror(request: web.Request) -> web.StreamResponse:
     """``/page.html`` (links), ``/style.css``, ``/gzip.html`` (the page, gzip-encoded
     whatever the client accepts), ``/big.html`` (BIG_BLOCKS * BIG_BLOCK streamed,
     chunked), ``/moved`` (302 to the mirror's /page.html), ``/cookie`` (Set-Cookie for
-    the mirror's domain), ``/fail`` (503); anything else what an origin answers."""
+    the mirror's domain), ``/echo`` (the method, length and SHA-256 of the request
+    body), ``/fail`` (503); anything else what an origin answers."""
     host = request.host.rsplit(":", 1)[0]
     path = request.path
     if path == "/page.html":
@@ -94,6 +96,10 @@ async def _mirror(request: web.Request) -> web.StreamResponse:
     if path == "/cookie":
         cookie = "session=1; Domain=.blog-mirror.example; Path=/; HttpOnly"
         return web.Response(text="cookie\n", headers={"Set-Cookie": cookie})
+    if path == "/echo":
+        body = await request.read()
+        digest = hashlib.sha256(body).hexdigest()
+        return web.Response(text=f"{request.method} {len(body)} {digest}\n")
     if path == "/fail":
         return web.Response(status=503, text="mirror overloaded\n")
     return web.Response(text=f"origin {host} {request.raw_path}\n")
