@@ -8,7 +8,8 @@ cannot be a DNS-rebinding attack (IP literals and local names such as ``router.l
 Routes: ``GET /metrics``, ``GET /healthz`` (200 "ok", or 503 with one reason per line),
 ``GET /api/routes?state=&q=``, ``PUT /api/routes/{domain}`` with ``{"route": NAME}``
 (force), ``DELETE /api/routes/{domain}`` (forget), ``GET /api/upstreams``,
-``GET /api/explain?host=``, ``GET /proxy.pac``, ``GET /`` (status page).
+``GET /api/explain?host=``, ``GET /api/mirrors`` (each mirror, its health and
+what happens to HTTPS for its hosts), ``GET /proxy.pac``, ``GET /`` (status page).
 
 Public API:
 
@@ -43,6 +44,7 @@ from proxyd.access import AccessPolicy
 from proxyd.domains import is_local_destination, normalise_host, parse_ip
 from proxyd.errors import DialError
 from proxyd.learning import DIRECT, DomainState, LearningTable, State
+from proxyd.mirror import MirrorStatus
 from proxyd.stats import Stats
 
 if TYPE_CHECKING:
@@ -90,6 +92,7 @@ class AdminContext:
     client_allowed: Callable[[str], bool] = _loopback_only
     learning: LearningService | None = None
     upstream_status: Callable[[], Iterable[metrics.UpstreamHealth]] = _nothing
+    mirror_status: Callable[[], Sequence[MirrorStatus]] = list
     route_names: Callable[[], Collection[str]] = lambda: (DIRECT,)  # valid for PUT
     explain: Callable[[str], Mapping[str, Any]] | None = None
     health: Callable[[], Iterable[str]] | None = None  # the daemon's own problems
@@ -248,6 +251,9 @@ class _Handlers:
             }
         )
 
+    async def mirrors(self, request: web.Request) -> web.Response:
+        return _json({"mirrors": [dataclasses.asdict(m) for m in self.ctx.mirror_status()]})
+
     async def explain(self, request: web.Request) -> web.Response:
         if self.ctx.explain is None:
             return _error(503, "route explanations are not available")
@@ -278,6 +284,7 @@ class _Handlers:
             upstreams=ctx.upstream_health(),
             entries=ctx.learned_entries(),
             problems=health_problems(ctx),
+            mirrors=ctx.mirror_status(),
         )
         headers = {"Content-Type": "text/html; charset=utf-8", **_PAGE_HEADERS}
         return web.Response(text=page, headers=headers)
@@ -295,6 +302,7 @@ def make_app(ctx: AdminContext) -> web.Application:
     app.router.add_delete("/api/routes/{domain}", h.forget_route)
     app.router.add_get("/api/upstreams", h.upstreams)
     app.router.add_get("/api/explain", h.explain)
+    app.router.add_get("/api/mirrors", h.mirrors)
     return app
 
 
@@ -343,6 +351,7 @@ def daemon_context(server: ProxyServer, learned: LearnedRoutes | None) -> AdminC
         client_allowed=lambda ip: rt.access.client_allowed(ip),
         learning=learned,
         upstream_status=lambda: rt.upstreams.status(),
+        mirror_status=lambda: server.mirrors.status([u.name for u in rt.upstreams.dialers()]),
         route_names=lambda: {DIRECT, *(u.name for u in rt.config.upstreams)},
         explain=explain,
     )

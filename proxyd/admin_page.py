@@ -6,7 +6,7 @@ attacker-controlled). The page loads nothing from anywhere, so it works offline 
 under the strict Content-Security-Policy the admin app sends with it.
 
 Public API: ``render_status_page(*, now, started_at, stats, proxy_addresses, upstreams,
-entries, problems) -> str``; ``MAX_ROWS``, the bound on learned-table rows shown.
+entries, problems, mirrors=()) -> str``; ``MAX_ROWS``, the bound on learned-table rows shown.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from html import escape
 
 from proxyd.learning import DomainState, State
 from proxyd.metrics import UpstreamHealth
+from proxyd.mirror import MirrorStatus
 from proxyd.stats import Stats
 
 MAX_ROWS = 500
@@ -125,6 +126,30 @@ def _upstreams(upstreams: Sequence[UpstreamHealth]) -> str:
     return f"<table>{head}\n{body}\n</table>"
 
 
+def _mirrors(mirrors: Sequence[MirrorStatus]) -> str:
+    if not mirrors:
+        return ""
+    body = _rows(
+        (
+            _td(m.name),
+            _td(f"{m.from_host} -> {m.to_host}"),
+            _td(f"{m.mode}, {m.when}"),
+            _td(
+                "unused" if m.up is None else ("up" if m.up else "down"),
+                "muted" if m.up is None else ("ok" if m.up else "bad"),
+            ),
+            _td(m.last_error or ""),
+            _td(m.https),
+        )
+        for m in mirrors
+    )
+    head = (
+        "<tr><th>Mirror</th><th>Hosts</th><th>Mode</th><th>State</th><th>Last error</th>"
+        "<th>HTTPS to these hosts</th></tr>"
+    )
+    return f"<h2>Mirrors</h2>\n<table>{head}\n{body}\n</table>"
+
+
 def _learned(entries: Sequence[DomainState], now: float) -> str:
     if not entries:
         return '<p class="muted">Nothing learned yet: every site has worked direct.</p>'
@@ -161,6 +186,7 @@ def render_status_page(
     upstreams: Sequence[UpstreamHealth],
     entries: Sequence[DomainState],
     problems: Sequence[str],
+    mirrors: Sequence[MirrorStatus] = (),
 ) -> str:
     if problems:
         items = "".join(f"<li>{_e(p)}</li>" for p in problems)
@@ -187,6 +213,7 @@ def render_status_page(
 {_traffic(stats)}
 <h2>Upstreams</h2>
 {_upstreams(upstreams)}
+{_mirrors(mirrors)}
 <h2>Learned routes ({len(entries)}, {blocked} blocked)</h2>
 {_learned(entries, now)}
 <p class="muted">Machine-readable: <a href="/metrics">/metrics</a>, <a href="/healthz">/healthz</a>,

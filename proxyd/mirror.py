@@ -20,7 +20,8 @@
   keep_alive=, timeout=) -> bool`` (whether the client connection may carry another
   request), ``close()``.
 - ``MirrorSet(configs)``: ``covering(host)``, ``get(name)``, ``routes``,
-  ``reconfigure(configs)`` (keeps the pools of unchanged mirrors), ``await close()``.
+  ``reconfigure(configs)`` (keeps the pools of unchanged mirrors), ``await close()``,
+  ``status(upstream_names) -> [MirrorStatus]`` for the admin API and status page.
 
 Only plain HTTP can be rewritten: routing never offers a mirror to a CONNECT or SOCKS
 tunnel (``MirrorRoute.dial`` refuses, should one ever try).
@@ -33,6 +34,7 @@ import logging
 import socket
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import aiohttp
@@ -310,6 +312,20 @@ def _describe(err: BaseException) -> str:
     return text.replace("\n", " ")
 
 
+@dataclass(frozen=True, slots=True)
+class MirrorStatus:
+    """One mirror as the admin API and status page show it."""
+
+    name: str  # the route label, "mirror:NAME"
+    from_host: str
+    to_host: str
+    mode: str
+    when: str
+    up: bool | None  # None: not used yet
+    last_error: str | None
+    https: str  # what happens to HTTPS (CONNECT/SOCKS) to these hosts, and why
+
+
 class MirrorSet:
     def __init__(self, configs: Sequence[MirrorConfig]) -> None:
         self.routes: list[MirrorRoute] = [MirrorRoute(c) for c in configs]
@@ -325,6 +341,28 @@ class MirrorSet:
         self.routes = [old.pop(c) if c in old else MirrorRoute(c) for c in configs]
         for gone in old.values():
             spawn(gone.close())
+
+    def status(self, upstream_names: Sequence[str]) -> list[MirrorStatus]:
+        if upstream_names:
+            https = "through the upstreams (" + ", ".join(upstream_names) + ")"
+        else:
+            https = (
+                "refused while the mirror is in use: HTTPS cannot be rewritten without "
+                "interception, and no upstream is configured"
+            )
+        return [
+            MirrorStatus(
+                name=m.name,
+                from_host=m.config.from_host,
+                to_host=m.config.to_host,
+                mode=m.config.mode,
+                when=m.config.when,
+                up=m.up,
+                last_error=m.last_error,
+                https=https,
+            )
+            for m in self.routes
+        ]
 
     async def close(self) -> None:
         for route in self.routes:

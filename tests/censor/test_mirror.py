@@ -11,6 +11,7 @@ connection is refused: a mirror that is down. curl runs in the client namespace 
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from pathlib import Path
 
@@ -261,11 +262,21 @@ def test_https_to_a_mirrored_host_without_upstream_is_refused_and_explained(
     assert result.exit_code != 0
     proxy.wait_for_log("refusing tunnels to blog.example: served by mirror blog")
     admin = proxy.wait_for_log(r"admin listening on (\S+):(\d+)")
-    explain = netlab.exec_client(
-        ["curl", "-sS", f"http://{admin[1]}:{admin[2]}/api/explain?host=blog.example"]
-    )
-    assert "carries plain HTTP only" in explain.stdout, explain
+    base = f"http://{admin[1]}:{admin[2]}"
 
-    curl_via(netlab, proxy, "http://blog.example/page.html")
-    metrics = netlab.exec_client(["curl", "-sS", f"http://{admin[1]}:{admin[2]}/metrics"])
-    assert 'route="mirror:blog"' in metrics.stdout
+    def get(path: str) -> str:
+        answer = netlab.exec_client(["curl", "-sS", base + path])
+        assert answer.returncode == 0, answer
+        return str(answer.stdout)
+
+    assert "carries plain HTTP only" in get("/api/explain?host=blog.example")
+    (status,) = json.loads(get("/api/mirrors"))["mirrors"]
+    assert "no upstream is configured" in status["https"]
+    assert status["up"] is None  # not used yet
+
+    assert curl_via(netlab, proxy, "http://blog.example/page.html").http_code == 200
+    (status,) = json.loads(get("/api/mirrors"))["mirrors"]
+    assert status["up"] is True
+    assert 'route="mirror:blog"' in get("/metrics")
+    page = get("/")
+    assert "<h2>Mirrors</h2>" in page and "refused while the mirror is in use" in page
