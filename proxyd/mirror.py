@@ -12,10 +12,10 @@
   - ``proxy``: the request is sent to the mirror with the aiohttp client and the answer
     is streamed back under the original host (``proxyd.mirror_rewrite`` says what is
     rewritten). A connect error or a 5xx is a failure.
-  The mirror is reached by its own route: proxyd's plan for the mirror host (direct
-  first, or its upstreams when the mirror is learned blocked, or a rule's route), each
-  through a keep-alive pool of its own, trying the next when one cannot connect or the
-  connection is reset before an answer.
+  The mirror is reached by its own route (``proxyd.mirror_client``): proxyd's plan for
+  the mirror host (direct first, or its upstreams once the mirror is learned blocked
+  too, or a rule's route), each through a keep-alive pool of its own, trying the next
+  when one cannot connect, is reset before an answer or answers with a block page.
 - ``MirrorAnswer`` (from ``proxyd.mirror_answer``): ``await deliver(sock, version=,
   keep_alive=, timeout=) -> bool`` (whether the client connection may carry another
   request), ``close()``.
@@ -29,23 +29,19 @@ tunnel (``MirrorRoute.dial`` refuses, should one ever try).
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import socket
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
-
-import aiohttp
-from aiohttp.abc import AbstractResolver, ResolveResult
+from typing import TYPE_CHECKING
 
 from proxyd import http1
 from proxyd.config import MirrorConfig
 from proxyd.detect import Reason
-from proxyd.dialers import Connection, Dialer
-from proxyd.errors import DialError, MirrorError
+from proxyd.dialers import Connection
+from proxyd.errors import MirrorError
 from proxyd.mirror_answer import MirrorAnswer, ProxiedAnswer, RedirectAnswer
+from proxyd.mirror_client import MirrorClient, MirrorUnreachable, RequestBody, request_headers
 from proxyd.mirror_rewrite import HostMap
 from proxyd.race import AttemptFailed, spawn
 
@@ -58,72 +54,6 @@ log = logging.getLogger("proxyd.mirror")
 # A redirect is only as good as the mirror it sends the browser to: it is checked with a
 # connection on the mirror's route, and a success is trusted for this long.
 REACHABLE_FOR = 30.0
-_DROP_REQUEST = frozenset(
-    (
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "upgrade",
-        "host",
-        "content-length",
-        "transfer-encoding",
-        "accept-encoding",
-    )
-)
-_CODINGS_WE_DECODE = ("gzip", "x-gzip", "deflate", "identity")
-_SKIP_AUTO = ("Accept", "Accept-Encoding", "User-Agent")
-
-
-class _AsIs(AbstractResolver):
-    """Hands the name to the dialer: resolving is the route's job (remote DNS upstream)."""
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        return [
-            {"hostname": host, "host": host, "port": port, "family": family, "proto": 0, "flags": 0}
-        ]
-
-    async def close(self) -> None:
-        return None
-
-
-class _RouteConnector(aiohttp.TCPConnector):
-    """aiohttp connections opened by a proxyd dialer (direct or an upstream), so the mirror
-    gets proxyd's destination checks, upstream handshakes and typed errors."""
-
-    def __init__(self, dialer: Dialer, *, connect_timeout: float, isolation: str | None) -> None:
-        super().__init__(resolver=_AsIs(), keepalive_timeout=30.0)
-        self.dialer = dialer
-        self._connect_timeout = connect_timeout
-        self._isolation = isolation
-
-    async def _wrap_create_connection(
-        self, *args: Any, addr_infos: Sequence[Any], **kwargs: Any
-    ) -> tuple[asyncio.Transport, aiohttp.client_proto.ResponseHandler]:
-        host, port = addr_infos[0][4][:2]
-        conn = await self.dialer.dial(
-            host, port, timeout=self._connect_timeout, isolation=self._isolation
-        )
-        for name in ("req", "timeout", "client_error"):
-            kwargs.pop(name, None)
-        try:
-            return await self._loop.create_connection(*args, sock=conn.sock, **kwargs)
-        except BaseException:
-            conn.sock.close()
-            raise
-
-
-class RequestBody(Protocol):
-    """The client's request body, read as the mirror takes it; ``started`` once the
-    first byte was taken (from then on the request cannot go to another route)."""
-
-    started: bool
-
-    def __aiter__(self) -> AsyncIterator[bytes]: ...
 
 
 class MirrorRoute:
@@ -134,7 +64,7 @@ class MirrorRoute:
         self.hosts = HostMap(config.from_host, config.to_host)
         self.up: bool | None = None
         self.last_error: str | None = None
-        self._sessions: dict[tuple[str, str], aiohttp.ClientSession] = {}
+        self._client = MirrorClient()
         self._reachable_until = 0.0
 
     def covers(self, host: str) -> bool:
@@ -157,101 +87,32 @@ class MirrorRoute:
         mirror_host = self.hosts.to_mirror(req.host)
         if mirror_host is None:
             raise self._failed(req, "does not cover this host")
-        scheme = self.config.scheme
-        url = f"{scheme}://{mirror_host}{req.path}"
-        if self.config.mode == "redirect":
-            await self._check_reachable(rt, req, mirror_host)
-            return RedirectAnswer(req, url)
         if req.body.kind is not http1.BodyKind.NONE and (
             body is None or req.body.kind is not http1.BodyKind.LENGTH
         ):
             raise self._failed(req, "proxy mode forwards request bodies with a length only")
-        headers = _request_headers(req.headers, self.hosts)
-        if body is not None:
-            headers.append(("Content-Length", str(req.body.length)))
+        scheme = self.config.scheme
         port = 443 if scheme == "https" else 80
-        errors = []
-        for dialer, isolation in self._routes(rt, req, mirror_host, port):
-            if body is not None and body.started:
-                break  # the body went to a route that failed: it cannot be sent again
-            session = self._session(rt, dialer, isolation)
-            try:
-                resp = await session.request(
-                    req.method,
-                    url,
-                    headers=headers,
-                    data=body,
-                    allow_redirects=False,
-                    skip_auto_headers=_SKIP_AUTO,
-                )
-            except DialError as err:
-                errors.append(f"{dialer.name}: {err.detail or err.reason}")
-                continue
-            except (aiohttp.ClientError, OSError, TimeoutError) as err:
-                errors.append(f"{dialer.name}: {_describe(err)}")
-                continue
-            if resp.status >= 500:
-                resp.release()
-                raise self._failed(req, f"answered {resp.status} {resp.reason or ''}".strip())
-            self._mark(up=True)
-            return ProxiedAnswer(self, rt, req, resp)
-        raise self._failed(req, "; ".join(errors) or "no route to the mirror")
-
-    async def _check_reachable(self, rt: Runtime, req: Request, mirror_host: str) -> None:
-        now = time.monotonic()
-        if now < self._reachable_until:
-            return
-        port = 443 if self.config.scheme == "https" else 80
-        errors = []
-        for dialer, isolation in self._routes(rt, req, mirror_host, port):
-            try:
-                conn = await dialer.dial(
-                    mirror_host,
-                    port,
-                    timeout=rt.config.limits.connect_timeout,
-                    isolation=isolation,
-                )
-            except DialError as err:
-                errors.append(f"{dialer.name}: {err.detail or err.reason}")
-                continue
-            conn.sock.close()
-            self._reachable_until = now + REACHABLE_FOR
-            self._mark(up=True)
-            return
-        raise self._failed(req, "; ".join(errors) or "no route to the mirror")
-
-    def _routes(
-        self, rt: Runtime, req: Request, mirror_host: str, port: int
-    ) -> list[tuple[Dialer, str | None]]:
+        url = f"{scheme}://{mirror_host}{req.path}"
         try:
-            plan = rt.router.plan(mirror_host, port)
-        except DialError as err:
-            raise self._failed(req, err.describe()) from None
-        return [(dialer, plan.isolation) for dialer in plan.routes]
-
-    def _session(self, rt: Runtime, dialer: Dialer, isolation: str | None) -> aiohttp.ClientSession:
-        key = (dialer.name, isolation or "")
-        session = self._sessions.get(key)
-        connector = session.connector if session is not None else None
-        if session is None or session.closed or getattr(connector, "dialer", None) is not dialer:
-            limits = rt.config.limits
-            session = aiohttp.ClientSession(
-                connector=_RouteConnector(
-                    dialer, connect_timeout=limits.connect_timeout, isolation=isolation
-                ),
-                # The mirror's cookies belong to the browser, never to proxyd.
-                cookie_jar=aiohttp.DummyCookieJar(),
-                auto_decompress=False,
-                trust_env=False,
-                timeout=aiohttp.ClientTimeout(
-                    sock_connect=limits.connect_timeout, sock_read=limits.idle_timeout
-                ),
-            )
-            old = self._sessions.get(key)
-            if old is not None:
-                spawn(old.close())
-            self._sessions[key] = session
-        return session
+            if self.config.mode == "redirect":
+                now = time.monotonic()
+                if now >= self._reachable_until:
+                    await self._client.reachable(rt, mirror_host, port)
+                    self._reachable_until = now + REACHABLE_FOR
+                self._mark(up=True)
+                return RedirectAnswer(req, url)
+            headers = request_headers(req.headers, self.hosts)
+            if body is not None:
+                headers.append(("Content-Length", str(req.body.length)))
+            resp = await self._client.fetch(rt, mirror_host, port, req.method, url, headers, body)
+        except MirrorUnreachable as err:
+            raise self._failed(req, str(err)) from None
+        if resp.status >= 500:
+            resp.release()
+            raise self._failed(req, f"answered {resp.status} {resp.reason or ''}".strip())
+        self._mark(up=True)
+        return ProxiedAnswer(self, rt, req, resp)
 
     def _failed(self, req: Request, why: str) -> AttemptFailed:
         self._mark(up=False, error=why)
@@ -268,48 +129,7 @@ class MirrorRoute:
         self.last_error = error
 
     async def close(self) -> None:
-        sessions, self._sessions = list(self._sessions.values()), {}
-        for session in sessions:
-            await session.close()
-
-
-def _request_headers(headers: Iterable[tuple[str, str]], hosts: HostMap) -> list[tuple[str, str]]:
-    out = []
-    for name, value in headers:
-        key = name.lower()
-        if key in _DROP_REQUEST:
-            if key == "accept-encoding":
-                # Only codings proxyd can decode, so every HTML/CSS body can be rewritten.
-                codings = [c.strip() for c in value.split(",")]
-                kept = [c for c in codings if c.split(";")[0].strip().lower() in _CODINGS_WE_DECODE]
-                if kept:
-                    out.append((name, ", ".join(kept)))
-            continue
-        if key in ("referer", "origin"):
-            value = _to_mirror_url(value, hosts)
-        out.append((name, value))
-    return out
-
-
-def _to_mirror_url(value: str, hosts: HostMap) -> str:
-    scheme, sep, rest = value.partition("://")
-    if not sep:
-        return value
-    authority, slash, path = rest.partition("/")
-    host, colon, port = authority.partition(":")
-    mirror = hosts.to_mirror(host)
-    if mirror is None:
-        return value
-    return f"{scheme}://{mirror}{colon}{port}{slash}{path}"
-
-
-def _describe(err: BaseException) -> str:
-    if isinstance(err, aiohttp.ServerDisconnectedError):
-        return "connection closed before an answer"
-    if isinstance(err, TimeoutError):
-        return "no answer in time"
-    text = str(err) or type(err).__name__
-    return text.replace("\n", " ")
+        await self._client.close()
 
 
 @dataclass(frozen=True, slots=True)

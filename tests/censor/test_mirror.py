@@ -213,6 +213,27 @@ def test_when_blocked_leaves_a_site_that_works_direct_alone(
     assert all(r.host != "mirror.example" for r in netlab.origin_log(since=mark))
 
 
+@pytest.mark.parametrize("censorship", ["block_host_header", "redirect_http"])
+def test_a_mirror_blocked_too_is_reached_through_the_upstream_and_learned(
+    netlab: NetLab, launch_proxyd: ProxydLauncher, censorship: str
+) -> None:
+    getattr(netlab.censor, censorship)("blog-mirror.example")
+    proxy = start(netlab, launch_proxyd, blog_mirror("proxy", when="always"))
+    for visit in range(2):
+        hits = netlab.censor.hits("blog-mirror.example")
+        path = unique_path()
+        mark = netlab.origin_mark()
+        result = curl_via(netlab, proxy, f"http://blog.example{path}")
+        assert result.body == origin_answer("blog-mirror.example", path), (result, proxy.log_text())
+        netlab.wait_for_origin(host="blog-mirror.example", path=path, peer_ip=SOCKS_IP, since=mark)
+        if visit == 0:
+            assert proxy.wait_for_log(learned("blog-mirror.example")).group(2) == "tor"
+            assert netlab.censor.hits("blog-mirror.example") > hits
+        else:
+            # learned: straight through the upstream, nothing for the censor to catch
+            assert netlab.censor.hits("blog-mirror.example") == hits
+
+
 GONE = (
     '[[mirror]]\nname = "gone"\nfrom = "blog.example"\nto = "gone-mirror.example"\nmode = "proxy"\n'
 )
