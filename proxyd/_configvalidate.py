@@ -417,6 +417,7 @@ _TOP_LEVEL: dict[str, tuple[str, Reader]] = {
     "allow": ("allow", _array(_network)),
     "log_level": ("log_level", _choice(LOG_LEVELS)),
     "access_log": ("access_log", _bool),
+    "metrics": ("metrics", _bool),
     "state_dir": ("state_dir", _state_dir),
     "via": ("via", _bool),
     "protect_local": ("protect_local", _bool),

@@ -191,6 +191,8 @@ class _Handlers:
         return hmac.compare_digest(given.strip().encode(), token.encode())
 
     async def metrics(self, request: web.Request) -> web.Response:
+        if not self.ctx.stats.enabled:
+            return web.Response(status=404, text="proxyd: metrics are off (metrics = false)\n")
         body = metrics.exposition(self.registry)
         return web.Response(body=body, headers={"Content-Type": metrics.CONTENT_TYPE})
 
@@ -334,10 +336,6 @@ def daemon_context(server: ProxyServer, learned: LearnedRoutes | None) -> AdminC
     """
     rt = server.rt
 
-    def proxy_addresses() -> list[Address]:
-        # The server also lists the admin endpoint among its own (to refuse loops).
-        return [a for a in server.addresses if a not in ctx.admin_addresses]
-
     def explain(host: str) -> dict[str, Any]:
         try:
             plan = rt.router.plan(host, 443)
@@ -345,9 +343,9 @@ def daemon_context(server: ProxyServer, learned: LearnedRoutes | None) -> AdminC
             return {"host": host, "routes": [], "why": err.describe()}
         return {"host": host, "routes": [d.name for d in plan.routes], "why": plan.why}
 
-    ctx = AdminContext(
+    return AdminContext(
         stats=rt.stats,
-        proxy_addresses=proxy_addresses,
+        proxy_addresses=lambda: server.proxy_addresses,
         client_allowed=lambda ip: rt.access.client_allowed(ip),
         learning=learned,
         upstream_status=lambda: rt.upstreams.status(),
@@ -355,4 +353,3 @@ def daemon_context(server: ProxyServer, learned: LearnedRoutes | None) -> AdminC
         route_names=lambda: {DIRECT, *(u.name for u in rt.config.upstreams)},
         explain=explain,
     )
-    return ctx

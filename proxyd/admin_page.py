@@ -84,19 +84,23 @@ def _td(value: object, cls: str = "") -> str:
 
 def _summary(now: float, started_at: float, stats: Stats, proxy: Sequence[tuple[str, int]]) -> str:
     listening = ", ".join(f"{h}:{p}" for h, p in proxy) or "not listening"
-    items = [
-        ("Proxy", listening),
-        ("Uptime", _duration(now - started_at)),
-        ("Connections", f"{stats.active_connections} open, {stats.connections} in total"),
-        ("Requests", f"{stats.requests} ({stats.rejected} rejected)"),
-        ("Tunnels open", f"{stats.active_tunnels}"),
-        ("Failed dials", f"{stats.dial_failures}"),
-    ]
+    items = [("Proxy", listening), ("Uptime", _duration(now - started_at))]
+    if stats.enabled:
+        items += [
+            ("Connections", f"{stats.active_connections} open, {stats.connections} in total"),
+            ("Requests", f"{stats.requests} ({stats.rejected} rejected)"),
+            ("Tunnels open", f"{stats.active_tunnels}"),
+            ("Failed dials", f"{stats.dial_failures}"),
+        ]
+    else:
+        items.append(("Counters", "off (metrics = false)"))
     return "<dl>" + "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in items) + "</dl>"
 
 
 def _traffic(stats: Stats) -> str:
     routes = sorted(set(stats.bytes_up) | set(stats.bytes_down))
+    if not stats.enabled:
+        return '<p class="muted">Traffic is not counted (metrics = false).</p>'
     if not routes:
         return '<p class="muted">No traffic yet.</p>'
     body = _rows(

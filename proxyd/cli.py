@@ -76,6 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # The access log is asked for by its own key, whatever the level of everything else.
+    logging.getLogger("proxyd.access").setLevel(logging.INFO)
     from proxyd.daemon import run_daemon
 
     try:

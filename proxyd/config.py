@@ -283,6 +283,7 @@ def _to_toml_data(config: Config) -> dict[str, Any]:
         "allow": [str(network) for network in config.allow],
         "log_level": config.log_level,
         "access_log": config.access_log,
+        "metrics": config.metrics,
         "state_dir": "" if config.state_dir is None else str(config.state_dir),
         "via": config.via,
         "protect_local": config.protect_local,

@@ -15,12 +15,17 @@ from proxyd.config import Config, ConfigError, ListenAddress, load_config
 from proxyd.learned import LearnedRoutes
 from proxyd.server import ProxyServer, StartupError, bind_listener
 from proxyd.statefile import default_state_dir
+from proxyd.stats import NullStats, Stats
 from proxyd.systemd import InheritedSocket, Notifier, listen_fds
 
 log = logging.getLogger("proxyd")
 
 # Descriptors one spliced tunnel holds: client and server sockets and a pipe each way.
 FDS_PER_TUNNEL = 6
+# Keys a reload cannot apply: they are bound or opened once, at start.
+RESTART_KEYS = ("admin", "state_dir", "metrics")
+# Without a watchdog, how often systemd's one-line STATUS is refreshed when it changed.
+STATUS_REFRESH = 10.0
 
 
 def _check_inherited(config: Config, sockets: list[InheritedSocket]) -> None:
@@ -41,15 +46,27 @@ class Daemon:
         self._stop = asyncio.Event()
         self._notifier = Notifier.from_env()
         state_dir = config.state_dir or default_state_dir()
+        self.stats = Stats() if config.metrics else NullStats()
         self.learned = LearnedRoutes(
-            config.learning, state_dir, connect_timeout=config.limits.connect_timeout
+            config.learning,
+            state_dir,
+            connect_timeout=config.limits.connect_timeout,
+            stats=self.stats,
         )
-        self.server = ProxyServer(config, self.learned)
-        self.learned.on_saved = self.server.rt.stats.state_saved
+        self.server = ProxyServer(config, self.learned, self.stats)
+        self.learned.on_saved = self.stats.state_saved
 
     def _summary(self) -> str:
-        listening = ", ".join(f"{h}:{p}" for h, p in self.server.addresses)
-        return f"serving {listening}; {self.server.active_clients} clients"
+        """systemd's STATUS line: what `systemctl status proxyd` shows."""
+        server = self.server
+        listening = ", ".join(f"{h}:{p}" for h, p in server.proxy_addresses)
+        blocked = sum(1 for e in self.learned.table.snapshot() if e.state.value == "blocked")
+        upstreams = server.rt.upstreams.status()
+        up = sum(1 for u in upstreams if u.up)
+        return (
+            f"serving {listening}; {server.active_clients} clients; "
+            f"{blocked} domains routed around blocks; upstreams up {up}/{len(upstreams)}"
+        )
 
     def reload(self) -> None:
         self._notifier.reloading("reloading configuration")
@@ -57,12 +74,16 @@ class Daemon:
             config = load_config(self._config_path, overrides=self._overrides)
             self.server.apply_config(config)
         except (ConfigError, StartupError) as err:
-            self.server.rt.stats.config_reloaded(False)
+            self.stats.config_reloaded(False)
             log.error("reload failed, keeping the previous configuration: %s", err)
             self._notifier.ready(f"reload failed: {err}; kept previous config")
             return
+        for key in RESTART_KEYS:
+            if getattr(config, key) != getattr(self.config, key):
+                log.warning("%s changed: takes effect at the next restart", key)
+        logging.getLogger().setLevel(config.log_level.upper())
         self.config = config
-        self.server.rt.stats.config_reloaded(True)
+        self.stats.config_reloaded(True)
         log.info("configuration reloaded from %s", self._config_path or "embedded defaults")
         self._notifier.ready(self._summary())
 
@@ -101,7 +122,7 @@ class Daemon:
             for endpoint in admin.addresses:
                 self.server.add_own_endpoint(endpoint)
         self._notifier.ready(self._summary())
-        watchdog = self._start_watchdog()
+        watchdog = self._start_notify_loop()
         try:
             await self._stop.wait()
             grace = self.config.limits.drain_grace
@@ -122,17 +143,25 @@ class Daemon:
         log.info("stopped")
         return 0
 
-    def _start_watchdog(self) -> asyncio.Task[None] | None:
-        interval = self._notifier.watchdog_interval()
-        if interval is None:
+    def _start_notify_loop(self) -> asyncio.Task[None] | None:
+        notifier = self._notifier
+        if not notifier.active:
             return None
+        timeout = notifier.watchdog_interval()
+        period = STATUS_REFRESH if timeout is None else min(timeout / 2, STATUS_REFRESH)
 
         async def ping() -> None:
             # Pinged from the loop itself, so a stalled loop stops the pings and systemd
             # restarts the service.
+            shown = self._summary()
             while True:
-                self._notifier.watchdog()
-                await asyncio.sleep(interval / 2)
+                if timeout is not None:
+                    notifier.watchdog()
+                summary = self._summary()
+                if summary != shown:
+                    notifier.status(summary)
+                    shown = summary
+                await asyncio.sleep(period)
 
         return asyncio.ensure_future(ping())
 

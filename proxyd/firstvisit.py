@@ -15,6 +15,7 @@ import logging
 import socket
 from typing import TYPE_CHECKING, Any, Protocol
 
+from proxyd.accounting import outcome_for
 from proxyd.desync import send_first
 from proxyd.detect import Reason, Strength, classify_dial_error
 from proxyd.dialers import Connection, Dialer
@@ -78,12 +79,17 @@ def best_error(rt: Runtime, result: RaceResult[object], host: str, port: int) ->
 
 
 def note_dial(rt: Runtime, route: Dialer, conn: Connection) -> None:
-    """A route connected: feed the direct RTT estimate or the upstream's health."""
+    """A route connected: count it, feed the direct RTT estimate or the upstream's health."""
+    rt.stats.dial_done(route.name, "ok", conn.connect_seconds)
     if route.name == "direct":
         if rt.learned is not None:
             rt.learned.observe_direct_rtt(conn.connect_seconds)
     else:
         rt.upstreams.report_success(route.name, conn.connect_seconds)
+
+
+def note_dial_failure(rt: Runtime, route: str, err: DialError) -> None:
+    rt.stats.dial_done(route, err.reason, 0.0)
 
 
 class Outcome:
@@ -98,6 +104,8 @@ class Outcome:
     def record(self, result: RaceResult[object]) -> None:
         rt = self.rt
         for failure in result.failures:
+            if failure.error is not None:  # only a failed dial carries its DialError
+                note_dial_failure(rt, failure.route, failure.error)
             if isinstance(failure.error, UpstreamError):
                 rt.upstreams.report_failure(failure.route, failure.error)
         learned = rt.learned
@@ -125,6 +133,7 @@ class Outcome:
         try:
             conn = await leg.dial_task
         except DialError as err:
+            note_dial_failure(self.rt, leg.route.name, err)
             reason = classify_dial_error(err)
         except asyncio.CancelledError:
             return
@@ -176,6 +185,9 @@ class TunnelVisit:
         if client_bytes:
             self._client_bytes.set_result(client_bytes)
         self._reader: asyncio.Task[None] | None = None
+        # For the request's record: the winner's first-byte time, or why every route failed.
+        self.first_byte_seconds: float | None = None
+        self.failure_outcome = "dial_error"
 
     async def run(self) -> tuple[Connection, bytes] | None:
         """Race the plan's routes; the winner's connection and its first server bytes."""
@@ -199,6 +211,7 @@ class TunnelVisit:
         chosen = take_answer(result, _close_answer)
         if chosen is None:
             err = best_error(rt, result, self.host, self.port)  # type: ignore[arg-type]
+            self.failure_outcome = outcome_for(err)
             if not self._replied:
                 await self.reply.failure(err)
         return chosen
@@ -230,7 +243,7 @@ class TunnelVisit:
                 await self.reply.success(conn)
                 if not self._client_bytes.done():
                     self._reader = asyncio.ensure_future(self._read_client_first())
-            server_bytes = await self._exchange(conn)
+            server_bytes = await self._exchange(conn, leg.route.name)
         except AttemptFailed as failed:
             if failed.reason in ANSWERS:
                 failed.answer = (conn, failed.answer)
@@ -242,7 +255,7 @@ class TunnelVisit:
             raise
         return conn, server_bytes
 
-    async def _exchange(self, conn: Connection) -> bytes:
+    async def _exchange(self, conn: Connection, route: str) -> bytes:
         limits_timeout = (
             self.rt.learned.config.first_byte_timeout
             if self.rt.learned is not None
@@ -258,6 +271,7 @@ class TunnelVisit:
                     first = self._client_bytes.result()  # ClientGone propagates
                     if first and not server_ready.done():
                         await send_first(self.loop, conn, first)
+                sent_at = self.loop.time()
                 answer = await self.loop.sock_recv(conn.sock, 65536)
         except TimeoutError:
             raise AttemptFailed(Reason.FIRST_BYTE_TIMEOUT) from None
@@ -273,6 +287,8 @@ class TunnelVisit:
             reason = self.rt.learned.classify(first, answer)
             if reason is not None:
                 raise AttemptFailed(reason, answer=answer)
+        self.first_byte_seconds = self.loop.time() - sent_at
+        self.rt.stats.first_byte(route, self.first_byte_seconds)
         return answer
 
     async def _wait_readable(self, sock: socket.socket) -> None:

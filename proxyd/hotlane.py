@@ -17,10 +17,14 @@ the whole toolbox: first visits with racing and replay, dialing, request bodies,
 spliced large bodies, chunked or close-delimited answers. ``HotLane.next()`` returns:
 
 - ``None``: the client closed, or stayed idle past ``limits.idle_timeout``;
-- a ``Request`` the lane did not serve (its head already consumed from the buffer);
+- a ``Request`` the lane did not serve (its head already consumed from the buffer, its
+  length in ``head_len``);
 - an ``AnswerHead`` — request sent, answer head parsed but not forwarded — whose body the
-  coroutine relays;
+  coroutine relays, and whose ``record`` it finishes;
 - or raises ``HttpError`` for a head the client must get an error answer to.
+
+The lane keeps the books of what it serves (``accounting``): a request it answered, or
+that failed in its hands, is counted here; one it hands back is counted by the coroutine.
 
 Handing over is decided before a byte is sent or after the answer head is parsed, never
 in between, so each request is carried by exactly one of the two paths.
@@ -34,6 +38,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from proxyd import http1
+from proxyd.accounting import NO_ROUTE, RequestRecord, finish
 from proxyd.desync import ROUTE as DESYNC
 from proxyd.dialers import Connection
 from proxyd.errors import DialError
@@ -59,6 +64,7 @@ class AnswerHead:
     rbuf: bytearray
     origin: Connection
     key: PoolKey
+    record: RequestRecord
 
 
 Handoff = Request | AnswerHead | None
@@ -83,11 +89,14 @@ class HotLane:
         "_out",
         "_rbuf",
         "_reading",
+        "_record",
         "_remaining",
         "_req",
         "_resp",
+        "_sent_at",
         "_timer",
         "_writing",
+        "head_len",
     )
 
     def __init__(self, client: HttpClient, *, allowed: bool) -> None:
@@ -109,6 +118,9 @@ class HotLane:
         self._rbuf = bytearray()
         self._remaining = 0
         self._keep_alive = False
+        self._record: RequestRecord | None = None
+        self._sent_at = 0.0
+        self.head_len = 0
 
     # -- the coroutine's side ------------------------------------------------------------
 
@@ -159,9 +171,11 @@ class HotLane:
         rt = self._client.rt
         if self._expiry == _HEAD:
             rt.stats.limit_hit("head_timeout")
+            rt.stats.request_done("http", NO_ROUTE, "client_error")
             self._fail(HttpError(408, "request head not received in time"))
         elif self._expiry == _ANSWER:
             timeout = rt.config.limits.idle_timeout
+            self._close_record("dial_error")
             self._fail(HttpError(504, f"origin sent no answer within {timeout:g}s"))
         else:
             if self._client.idle:
@@ -218,6 +232,7 @@ class HotLane:
             except HttpError as err:
                 if err.limit is not None:
                     client.rt.stats.limit_hit(err.limit)
+                client.rt.stats.request_done("http", NO_ROUTE, "client_error")
                 self._fail(err)
                 return
             if parsed is None:
@@ -229,6 +244,7 @@ class HotLane:
             client.idle = False
             req, head_len = parsed
             del buf[:head_len]
+            self.head_len = head_len
             if not self._send_request(req, now):
                 self._finish(req)
                 return
@@ -272,7 +288,10 @@ class HotLane:
             # origin never got a complete request, so the coroutine may send it again.
             self._close_origin(origin)
             return False
-        rt.stats.requests += 1
+        self._record = RequestRecord(
+            "http", client.client_ip, req.host, req.port, route=key[0], up=self.head_len
+        )
+        self._sent_at = now
         self._req, self._origin, self._key = req, origin, key
         self._resp = None
         self._rbuf = bytearray()
@@ -303,10 +322,11 @@ class HotLane:
                 self._on_body_bytes(data)
         except _Stale:
             req = self._req
+            self._record = None  # the coroutine sends it again, and counts it
             self._drop_origin()
-            self._client.rt.stats.requests -= 1  # the coroutine counts it again
             self._finish(req)
         except HttpError as err:
+            self._close_record("dial_error")
             self._drop_origin()
             self._fail(err)
         except OSError:
@@ -332,6 +352,10 @@ class HotLane:
                 self._write(bytes(rbuf[:head_len]))
             del rbuf[:head_len]
         del rbuf[:head_len]
+        record = self._record
+        assert record is not None
+        record.first_byte_seconds = self._loop.time() - self._sent_at
+        self._client.rt.stats.first_byte(record.route, record.first_byte_seconds)
         framing = resp.body
         if framing.kind is BodyKind.NONE:
             remaining = 0
@@ -347,6 +371,7 @@ class HotLane:
         self._remaining = remaining
         self._keep_alive = req.keep_alive and not rt.draining
         head = http1.encode_response_for_client(resp, keep_alive=self._keep_alive)
+        record.down = len(head) + len(rbuf) + remaining
         self._write(head + rbuf if rbuf else head)
         rbuf.clear()
         self._expiry = _QUIET  # the answer has started: a stall now can only close
@@ -357,9 +382,12 @@ class HotLane:
         origin, req, key = self._origin, self._req, self._key
         assert origin is not None and req is not None and key is not None
         self._loop.remove_reader(origin.sock.fileno())
+        record = self._record
+        assert record is not None
         self._origin = None
         self._req = None
-        self._finish(AnswerHead(req, resp, self._rbuf, origin, key))
+        self._record = None
+        self._finish(AnswerHead(req, resp, self._rbuf, origin, key, record))
 
     def _on_body_bytes(self, data: bytes) -> None:
         if not data:
@@ -379,6 +407,7 @@ class HotLane:
         assert origin is not None and key is not None and resp is not None
         self._origin = None
         self._req = None
+        self._close_record("ok")
         if resp.keep_alive:
             self._client.rt.pool.checkin(key, origin)
         else:
@@ -395,7 +424,16 @@ class HotLane:
         if self._req is None and not (self._done is None or self._done.done()):
             self._start_reading()
 
+    def _close_record(self, outcome: str) -> None:
+        record = self._record
+        if record is not None:
+            self._record = None
+            record.outcome = outcome
+            finish(self._client.rt, record)
+
     def _drop_origin(self) -> None:
+        """Give up the request in flight (counted "aborted" unless already closed)."""
+        self._close_record("aborted")
         origin = self._origin
         if origin is not None:
             self._close_origin(origin)

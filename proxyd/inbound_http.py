@@ -14,6 +14,7 @@ import socket
 from collections.abc import AsyncIterator, Awaitable
 
 from proxyd import http1
+from proxyd.accounting import RequestRecord, finish, outcome_for
 from proxyd.desync import send_first
 from proxyd.detect import Reason, classify_dial_error
 from proxyd.dialers import Connection, Dialer
@@ -68,6 +69,7 @@ class HttpClient:
         self.loop = asyncio.get_running_loop()
         self.idle = True  # between requests: may be closed at once on drain
         self._pipe: BodyPipe | None = None
+        self.record = RequestRecord("http", client_ip)  # the plain request being served
 
     @property
     def pipe(self) -> BodyPipe:
@@ -95,44 +97,58 @@ class HttpClient:
         limits = self.rt.config.limits
         lane = HotLane(self, allowed=allowed)
         while True:
-            handoff = await lane.next()
+            handoff = await lane.next()  # the lane counts the requests it served itself
             if handoff is None:
                 return
             self.idle = False
             if isinstance(handoff, AnswerHead):
                 h = handoff
-                if not await self._relay_response(
-                    h.req, h.resp, h.rbuf, h.origin, h.key, limits.idle_timeout
-                ):
-                    return
-                if self.rt.draining:
+                self.record = h.record
+                try:
+                    keep_alive = await self._relay_response(
+                        h.req, h.resp, h.rbuf, h.origin, h.key, limits.idle_timeout
+                    )
+                    h.record.outcome = "ok"
+                finally:
+                    finish(self.rt, h.record)
+                if not keep_alive or self.rt.draining:
                     return
                 continue
-            req = handoff
-            self.rt.stats.requests += 1
+            req, head_len = handoff, lane.head_len
             if not allowed:
-                self.rt.stats.rejected += 1
+                self.rt.stats.connection_refused("not_allowed")
                 await self._send(http1.error_response(403, "proxyd: client not allowed"))
                 return
             if not await self._authenticated(req):
                 return
-            if req.is_connect:
-                await run_tunnel(
-                    self.rt,
-                    self.sock,
-                    req.host,
-                    req.port,
-                    reply=_ConnectReply(self.sock),
-                    client_ip=self.client_ip,
-                    client_bytes=bytes(self.buf),
-                )
-                self.sock = None  # type: ignore[assignment]  # the tunnel owns and closes it
-                return
             if req.origin_form:
                 await self._send(self._local_answer(req))
                 return
-            if not await self._forward(req, limits.idle_timeout):
-                return
+            protocol = "connect" if req.is_connect else "http"
+            record = RequestRecord(protocol, self.client_ip, req.host, req.port, up=head_len)
+            try:
+                if req.is_connect:
+                    await run_tunnel(
+                        self.rt,
+                        self.sock,
+                        req.host,
+                        req.port,
+                        reply=_ConnectReply(self.sock),
+                        client_ip=self.client_ip,
+                        record=record,
+                        client_bytes=bytes(self.buf),
+                    )
+                    self.sock = None  # type: ignore[assignment]  # the tunnel closed it
+                    return
+                self.record = record
+                if not await self._forward(req, self.rt.config.limits.idle_timeout):
+                    return
+            except HttpError as err:
+                if record.outcome == "aborted":  # proxyd answers instead of the origin
+                    record.outcome = "client_error" if err.status < 500 else "dial_error"
+                raise
+            finally:
+                finish(self.rt, record)
             if self.rt.draining:
                 return
 
@@ -149,6 +165,7 @@ class HttpClient:
             return False
         if access.check_basic(req.proxy_authorization):
             return True
+        self.rt.stats.connection_refused("auth")
         if req.proxy_authorization is not None:
             # A missing header is a browser's first try, not a guess.
             throttle.failed(self.client_ip, now=now)
@@ -189,12 +206,14 @@ class HttpClient:
         sent again through the next route. Returns True when the client connection may
         carry another request.
         """
-        rt = self.rt
+        rt, record = self.rt, self.record
         try:
             plan = rt.router.plan(req.host, req.port, plain_http=True)
         except DialError as err:
+            record.outcome = outcome_for(err)
             await self._send(http1.error_response(err.http_status, f"proxyd: {err.describe()}"))
             return False
+        record.route = plan.first.name
         exchange = _Exchange(self, req, plan, timeout)
         learned = rt.learned
         racing = plan.learn and exchange.replayable and learned is not None
@@ -208,8 +227,8 @@ class HttpClient:
         Outcome(rt, req.host, req.port, plan).record(result)  # type: ignore[arg-type]
         chosen = take_answer(result, _close_answer)
         if chosen is None:
-            rt.stats.dial_failures += 1
             failure = best_error(rt, result, req.host, req.port)  # type: ignore[arg-type]
+            record.outcome = outcome_for(failure)
             await self._send(
                 http1.error_response(failure.http_status, f"proxyd: {failure.describe()}")
             )
@@ -219,7 +238,13 @@ class HttpClient:
                 self.sock, version=req.version, keep_alive=req.keep_alive, timeout=timeout
             )
         origin, key, resp, rbuf = chosen
-        return await self._relay_response(req, resp, rbuf, origin, key, timeout)
+        record.route = origin.route
+        record.connect_seconds, record.first_byte_seconds = exchange.timings.get(
+            origin.route, (None, None)
+        )
+        keep_alive = await self._relay_response(req, resp, rbuf, origin, key, timeout)
+        record.outcome = "ok"
+        return keep_alive
 
     async def _exchange(
         self, req: Request, head: bytes, origin: Connection, timeout: float
@@ -295,6 +320,7 @@ class HttpClient:
             rest = req.body.length - have
             if rest:
                 await self._copy_exact(self.sock, origin.sock, rest, timeout)
+            self.record.up += req.body.length
             return
         scanner = BodyScanner(req.body)
         data = bytes(self.buf)
@@ -304,6 +330,7 @@ class HttpClient:
                 used = scanner.feed(data)
                 if used:
                     await self.loop.sock_sendall(origin.sock, data[:used])
+                    self.record.up += used
                 if scanner.done:
                     self.buf += data[used:]
                     return
@@ -335,11 +362,15 @@ class HttpClient:
         key: PoolKey,
         timeout: float,
     ) -> bool:
+        record = self.record
         if resp.status == 101 and req.upgrade:
-            await self._send(http1.encode_response_for_client(resp, keep_alive=True) + rbuf)
+            switched = http1.encode_response_for_client(resp, keep_alive=True) + rbuf
+            await self._send(switched)
+            record.down += len(switched)
             if self.buf:
                 await self.loop.sock_sendall(origin.sock, self.buf)
-            await relay(self.rt, self.sock, origin)
+                record.up += len(self.buf)
+            await relay(self.rt, self.sock, origin, record)
             self.sock = None  # type: ignore[assignment]
             return False
         framing = resp.body
@@ -351,6 +382,7 @@ class HttpClient:
         try:
             if framing.kind is BodyKind.NONE:
                 await self._send(head)
+                record.down += len(head)
                 origin_reusable = origin_reusable and not rbuf
             elif framing.kind is BodyKind.LENGTH:
                 have = min(len(rbuf), framing.length)
@@ -359,11 +391,13 @@ class HttpClient:
                 rest = framing.length - have
                 if rest:
                     await self._copy_exact(origin.sock, self.sock, rest, timeout)
+                record.down += len(head) + framing.length
             elif framing.kind is BodyKind.CHUNKED:
                 origin_reusable = await self._relay_chunked(head, rbuf, origin, framing, timeout)
             else:
                 await self._send(head + rbuf)
-                await self.pipe.copy_until_eof(origin.sock, self.sock, timeout=timeout)
+                rest = await self.pipe.copy_until_eof(origin.sock, self.sock, timeout=timeout)
+                record.down += len(head) + len(rbuf) + rest
                 origin_reusable = False
         except BaseException:
             origin.sock.close()
@@ -389,6 +423,7 @@ class HttpClient:
             while True:
                 used = scanner.feed(data)
                 await self._send(pending + data[:used] if pending else data[:used])
+                self.record.down += len(pending) + used
                 pending = b""
                 if scanner.done:
                     return used == len(data)
@@ -455,6 +490,8 @@ class _Exchange:
         # Replaying needs the whole request in hand; a body would have to be buffered.
         self.replayable = req.idempotent and req.body.kind is BodyKind.NONE
         self.sent = False
+        # route -> (connect seconds, None for a pooled connection; first-byte seconds)
+        self.timings: dict[str, tuple[float | None, float]] = {}
 
     async def attempt(self, leg: Leg) -> Answer | MirrorAnswer:
         client, req, rt = self.client, self.req, self.client.rt
@@ -476,6 +513,7 @@ class _Exchange:
             leg.mark_connected()
         while True:
             self.sent = True
+            sent_at = client.loop.time()
             try:
                 resp, raw_head, rbuf = await client._exchange(req, self.head, origin, self.timeout)
                 break
@@ -490,6 +528,7 @@ class _Exchange:
                     origin = await self._dial(leg.route)
                 except DialError as err:
                     raise AttemptFailed(classify_dial_error(err), err) from None
+                note_dial(rt, leg.route, origin)
             except HttpError as err:
                 origin.sock.close()
                 if err.status == 504:
@@ -498,6 +537,10 @@ class _Exchange:
             except OSError:
                 origin.sock.close()
                 raise AttemptFailed(Reason.CONNECTION_RESET) from None
+        # Up to the answer's head: the body may be a long stream.
+        first_byte = client.loop.time() - sent_at
+        rt.stats.first_byte(leg.route.name, first_byte)
+        self.timings[leg.route.name] = (None if reused else origin.connect_seconds, first_byte)
         answer = (origin, key, resp, rbuf)
         learned = rt.learned
         if self.plan.learn and learned is not None:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import socket
 
+from proxyd.accounting import NO_ROUTE, RequestRecord, finish
 from proxyd.dialers import Connection
 from proxyd.errors import DialError
 from proxyd.runtime import Runtime
@@ -13,6 +14,7 @@ from proxyd.socks import ConnectRequest, HandshakeFailed, SendBytes, SocksHandsh
 from proxyd.tunnel import run_tunnel
 
 _RULESET_REFUSAL = 0x02
+_AUTH_FAILURES = frozenset({"bad_credentials", "credentials_required"})
 
 
 class _SocksReply:
@@ -39,6 +41,7 @@ async def serve_socks(
 ) -> None:
     """Run one SOCKS client from its first bytes to the end of its tunnel."""
     loop = asyncio.get_running_loop()
+    protocol = "socks5" if first_bytes[0] == 5 else "socks4"
     access = rt.access
 
     def check_credentials(username: str, password: str) -> bool:
@@ -55,7 +58,7 @@ async def serve_socks(
         check_credentials=check_credentials if access.auth_required else None
     )
     try:
-        request = await _handshake(rt, sock, handshake, first_bytes)
+        request = await _handshake(rt, sock, handshake, first_bytes, protocol)
     except TimeoutError:
         rt.stats.limit_hit("head_timeout")
         return
@@ -63,22 +66,27 @@ async def serve_socks(
         return
     reply = _SocksReply(sock, handshake)
     if not allowed:
-        rt.stats.rejected += 1
+        rt.stats.connection_refused("not_allowed")
         await loop.sock_sendall(sock, handshake.failure_reply(_RULESET_REFUSAL))
         return
-    await run_tunnel(
-        rt,
-        sock,
-        request.host,
-        request.port,
-        reply=reply,
-        client_ip=client_ip,
-        client_bytes=handshake.leftover,
-    )
+    record = RequestRecord(protocol, client_ip, request.host, request.port)
+    try:
+        await run_tunnel(
+            rt,
+            sock,
+            request.host,
+            request.port,
+            reply=reply,
+            client_ip=client_ip,
+            record=record,
+            client_bytes=handshake.leftover,
+        )
+    finally:
+        finish(rt, record)
 
 
 async def _handshake(
-    rt: Runtime, sock: socket.socket, handshake: SocksHandshake, data: bytes
+    rt: Runtime, sock: socket.socket, handshake: SocksHandshake, data: bytes, protocol: str
 ) -> ConnectRequest | None:
     """The client's CONNECT request, or None when the handshake ended without one."""
     loop = asyncio.get_running_loop()
@@ -88,6 +96,10 @@ async def _handshake(
                 if isinstance(event, SendBytes):
                     await loop.sock_sendall(sock, event.data)
                 elif isinstance(event, HandshakeFailed):
+                    if event.reason in _AUTH_FAILURES:
+                        rt.stats.connection_refused("auth")
+                    else:
+                        rt.stats.request_done(protocol, NO_ROUTE, "client_error")
                     await loop.sock_sendall(sock, event.reply)
                     return None
                 elif isinstance(event, ConnectRequest):

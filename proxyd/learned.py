@@ -17,7 +17,14 @@ from pathlib import Path
 
 from proxyd import http1
 from proxyd.config import LearningConfig
-from proxyd.detect import DnsPoisonDetector, Fingerprints, Reason, classify_first_response
+from proxyd.detect import (
+    DnsPoisonDetector,
+    Fingerprints,
+    Reason,
+    Strength,
+    classify_dial_error,
+    classify_first_response,
+)
 from proxyd.dialers import DirectDialer
 from proxyd.errors import DialError
 from proxyd.learning import DIRECT, DomainState, LearningTable, StateFormatError
@@ -30,6 +37,7 @@ from proxyd.statefile import (
     quarantine_state,
     save_state,
 )
+from proxyd.stats import Stats
 
 log = logging.getLogger("proxyd.learning")
 
@@ -49,8 +57,10 @@ class LearnedRoutes:
         *,
         connect_timeout: float,
         clock: Callable[[], float] = time.time,
+        stats: Stats | None = None,
     ) -> None:
         self.config = config
+        self.stats = stats if stats is not None else Stats()
         self.path = state_dir / STATE_FILE
         self._clock = clock
         self._connect_timeout = connect_timeout
@@ -103,6 +113,8 @@ class LearnedRoutes:
         self.table.record_direct_success(host, self.now)
 
     def direct_failed(self, host: str, reason: Reason) -> None:
+        if reason.strength is not Strength.NONE:
+            self.stats.detection(reason)
         was_paused = self.table.is_paused(self.now)
         self.table.record_failure(host, DIRECT, reason, self.now)
         if not was_paused and self.table.is_paused(self.now):
@@ -264,6 +276,7 @@ class LearnedRoutes:
                 probe_http(direct, host, self._connect_timeout, self.classify),
             )
             failure = next((r for r in results if r is not None), None)
+            self.stats.retest_done("ok" if failure is None else "blocked")
             left = self.table.record_retest(key, failure is None, self.now)
             if failure is None and (left is None or left.state.value == DIRECT):
                 log.info("retest %s: direct works again", key)
@@ -300,8 +313,6 @@ async def _probe(
     A refused or unreachable port is not censorship (the site may not serve it), so
     only evidence-grade failures count against the domain.
     """
-    from proxyd.detect import Strength, classify_dial_error
-
     try:
         conn = await direct.dial(host, port, timeout=timeout)
     except DialError as err:

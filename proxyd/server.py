@@ -27,6 +27,7 @@ from proxyd.mirror import MirrorSet
 from proxyd.pool import OriginPool
 from proxyd.routing import Router
 from proxyd.runtime import Runtime
+from proxyd.stats import Stats
 from proxyd.upstreams import UpstreamSet
 
 log = logging.getLogger("proxyd")
@@ -38,6 +39,7 @@ POOL_SWEEP_SECONDS = 15.0
 # SOCKS5 "general failure" (no method negotiated yet, so no richer code is possible).
 _SOCKS5_REFUSAL = b"\x05\xff"
 _SOCKS4_REFUSAL = b"\x00\x5b\x00\x00\x00\x00\x00\x00"
+_PROTOCOLS = {5: "socks5", 4: "socks4"}  # by first byte; anything else is HTTP
 
 
 class StartupError(Exception):
@@ -73,7 +75,9 @@ def bind_listener(addr: ListenAddress) -> socket.socket:
 
 
 class ProxyServer:
-    def __init__(self, config: Config, learned: LearnedRoutes | None) -> None:
+    def __init__(
+        self, config: Config, learned: LearnedRoutes | None, stats: Stats | None = None
+    ) -> None:
         self._listeners: dict[ListenAddress, socket.socket] = {}
         self._clients: dict[asyncio.Task[None], _Client] = {}
         self._per_client: Counter[str] = Counter()
@@ -93,6 +97,7 @@ class ProxyServer:
             pool=OriginPool(),
             upstreams=upstreams,
             learned=learned,
+            stats=stats if stats is not None else Stats(),
         )
 
     def _check_answer(self, host: str, addresses: tuple[str, ...]) -> None:
@@ -118,6 +123,11 @@ class ProxyServer:
     @property
     def addresses(self) -> list[Address]:
         return list(self._own_endpoints)
+
+    @property
+    def proxy_addresses(self) -> list[Address]:
+        """Where the proxy itself listens (``addresses`` also holds the admin endpoint)."""
+        return self._listener_endpoints()
 
     def add_own_endpoint(self, addr: Address) -> None:
         """Endpoints of proxyd's other listeners (admin) that the proxy must refuse."""
@@ -235,7 +245,6 @@ class ProxyServer:
             task = asyncio.ensure_future(handler)
             self._clients[task] = client
             self._per_client[client_ip] += 1
-            self.rt.stats.connections += 1
             task.add_done_callback(self._client_done)
 
     def _client_done(self, task: asyncio.Task[None]) -> None:
@@ -268,7 +277,7 @@ class ProxyServer:
 
     async def _refuse(self, client: _Client) -> None:
         """Over a connection limit: answer in the client's protocol, then close."""
-        self.rt.stats.rejected += 1
+        self.rt.stats.connection_refused("limit")
         first = await self._read_first(client)
         if not first:
             return
@@ -288,11 +297,17 @@ class ProxyServer:
                 return
             client.sniffing = False
             allowed = self.rt.access.client_allowed(client.ip)
-            if first[0] in (4, 5):
-                await serve_socks(self.rt, client.sock, client.ip, first, allowed=allowed)
-            else:
-                client.http = HttpClient(self.rt, client.sock, client.ip, first)
-                await client.http.serve(allowed=allowed)
+            protocol = _PROTOCOLS.get(first[0], "http")
+            stats = self.rt.stats
+            stats.connection_opened(protocol)
+            try:
+                if protocol != "http":
+                    await serve_socks(self.rt, client.sock, client.ip, first, allowed=allowed)
+                else:
+                    client.http = HttpClient(self.rt, client.sock, client.ip, first)
+                    await client.http.serve(allowed=allowed)
+            finally:
+                stats.connection_closed(protocol)
         except (OSError, TimeoutError):
             pass  # the client went away or stalled; there is nobody left to answer
         except asyncio.CancelledError:

@@ -1,40 +1,48 @@
 """Counters the control plane bumps: plain ints and dicts, read by ``metrics`` at scrape time.
 
 Nothing here is touched per chunk of relayed data: the data plane reports its byte counts
-once, when a tunnel closes. Each call is a dict update or two (a histogram observation
-is a bisect and two additions), so keeping statistics costs the same with or without a
-Prometheus server scraping them.
+once, when a tunnel closes, and a plain HTTP request once, when it ends. Each call is a
+dict update or two (a histogram observation is a bisect and two additions), so keeping
+statistics costs the same with or without a Prometheus server scraping them.
 
 Public API (every label value must come from a small fixed set, never a domain or a
-client address: ``route`` is "direct", an upstream or mirror name, or "reject"):
+client address: ``route`` is "direct", an upstream or mirror name, or "none" when no
+route was chosen):
 
 - ``Stats()`` with these methods:
   - ``connection_opened(protocol)`` / ``connection_closed(protocol)``: a client connection
     whose first byte chose ``protocol`` ("http", "socks5", "socks4") started or ended.
-  - ``connection_refused(reason)``: a client was turned away ("limit", "not_allowed",
-    "auth").
+  - ``connection_refused(reason)``: a client was turned away ("limit": a connection
+    limit, "not_allowed": outside ``allow``, "auth": no or wrong proxy credentials).
   - ``limit_hit(limit)``: a configured limit stopped a client; ``limit`` is the name of
     its config key ("max_connections", "max_connections_per_client", "max_head_bytes",
     "max_headers", "max_line", "head_timeout", "idle_timeout") or "auth_failures".
-  - ``request_done(protocol, route, outcome)``: one request finished; ``protocol`` is
-    "http" (absolute-form), "connect", "socks5" or "socks4"; ``outcome`` is "ok",
-    "client_error", "upstream_error", "dial_error" or "rejected".
-  - ``tunnel_opened(route)`` / ``tunnel_closed(route, up_bytes, down_bytes)``: a tunnel
-    was committed to the data plane / ended having moved those bytes (up: client to
-    server, down: server to client).
-  - ``add_bytes(route, up, down)``: bytes relayed outside tunnels (plain HTTP bodies).
+  - ``request_done(protocol, route, outcome)``: one request finished (a tunnel when it
+    closes); ``protocol`` is "http" (absolute-form), "connect", "socks5" or "socks4";
+    ``outcome`` is one of ``OUTCOMES``.
+  - ``tunnel_opened(route)`` / ``tunnel_closed(route)``: a tunnel was committed to the
+    data plane / ended.
+  - ``add_bytes(route, up, down)``: bytes relayed for one request (up: client to server,
+    down: server to client), reported once when it ends.
   - ``dial_done(route, outcome, seconds)``: a connection attempt for ``route`` ended;
     ``outcome`` is "ok" or a ``DialError.reason``; only successful attempts enter the
     connect latency histogram (timeouts would only measure the timeout setting).
   - ``first_byte(route, seconds)``: time from sending the client's first bytes to the
     server's first answer byte.
   - ``detection(reason)``: evidence of blocking (a ``detect.Reason`` value).
-  - ``retest_done(result)``: an out-of-band re-test ended ("ok", "blocked", "error").
+  - ``retest_done(result)``: an out-of-band re-test ended ("ok" or "blocked").
   - ``state_saved(ok)``, ``config_reloaded(ok)``.
+- ``NullStats()``: the same interface for ``metrics = false``; the per-connection and
+  per-request methods do nothing (the rare housekeeping ones still count, health
+  checks read them). ``enabled`` is False.
 - Read-only totals kept by those methods, for the status page and health checks:
   ``connections``, ``active_connections``, ``active_tunnels``, ``requests``,
   ``dial_failures``, ``rejected``, ``bytes_up`` / ``bytes_down`` (per route),
   ``last_state_save_ok`` and ``last_config_reload_ok`` (None before the first attempt).
+- ``OUTCOMES``: "ok"; "rejected" (policy: a reject rule, a forbidden destination);
+  "client_error" (a malformed or oversized request); "dial_error" (no route reached the
+  destination, or it answered with garbage); "upstream_error" (the upstream proxies
+  themselves failed); "aborted" (a side went away mid-exchange).
 - ``Histogram``: fixed buckets (``bounds``, per-bucket ``counts`` with a final +Inf
   bucket, ``sum``, ``count``); ``observe(value)``, ``cumulative()``.
 - ``LATENCY_BUCKETS``: the bucket bounds of both latency histograms, in seconds.
@@ -45,6 +53,8 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections import defaultdict
 from dataclasses import dataclass, field
+
+OUTCOMES = ("ok", "rejected", "client_error", "dial_error", "upstream_error", "aborted")
 
 # From a loopback connect (~0.1 ms) to a Tor circuit being built (tens of seconds).
 LATENCY_BUCKETS: tuple[float, ...] = (
@@ -118,6 +128,7 @@ class Stats:
     state_save_failures: int = 0
     config_reloads: int = 0
     config_reload_failures: int = 0
+    enabled: bool = True
 
     # -- connections ---------------------------------------------------------------------
 
@@ -150,10 +161,9 @@ class Stats:
         self.active_tunnels += 1
         self.tunnels_by_route[route] += 1
 
-    def tunnel_closed(self, route: str, up_bytes: int, down_bytes: int) -> None:
+    def tunnel_closed(self, route: str) -> None:
         self.active_tunnels -= 1
         self.tunnels_by_route[route] -= 1
-        self.add_bytes(route, up_bytes, down_bytes)
 
     def add_bytes(self, route: str, up: int, down: int) -> None:
         self.bytes_up[route] += up
@@ -188,3 +198,45 @@ class Stats:
         self.config_reloads += 1
         self.config_reload_failures += not ok
         self.last_config_reload_ok = ok
+
+
+class NullStats(Stats):
+    """``metrics = false``: nothing is counted per connection, request, dial or tunnel."""
+
+    __slots__ = ()
+
+    def __init__(self) -> None:
+        super().__init__(enabled=False)
+
+    def connection_opened(self, protocol: str) -> None:
+        pass
+
+    def connection_closed(self, protocol: str) -> None:
+        pass
+
+    def connection_refused(self, reason: str) -> None:
+        pass
+
+    def request_done(self, protocol: str, route: str, outcome: str) -> None:
+        pass
+
+    def tunnel_opened(self, route: str) -> None:
+        pass
+
+    def tunnel_closed(self, route: str) -> None:
+        pass
+
+    def add_bytes(self, route: str, up: int, down: int) -> None:
+        pass
+
+    def dial_done(self, route: str, outcome: str, seconds: float) -> None:
+        pass
+
+    def first_byte(self, route: str, seconds: float) -> None:
+        pass
+
+    def detection(self, reason: str) -> None:
+        pass
+
+    def retest_done(self, result: str) -> None:
+        pass

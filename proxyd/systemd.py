@@ -15,6 +15,8 @@ Public API
     Each sends one datagram (``READY=1``, ``STATUS=...``, ``RELOADING=1`` with
     ``MONOTONIC_USEC``, ``STOPPING=1``, ``WATCHDOG=1``) and returns whether it was sent.
     They never raise: the first failure is logged at debug level, later ones silently.
+``Notifier.active``
+    Whether ``NOTIFY_SOCKET`` named a socket proxyd can notify.
 ``Notifier.watchdog_interval() -> float | None``
     The watchdog timeout in seconds (``WatchdogSec=``), or None when no watchdog is armed
     for this process. Ping at half of it.
@@ -72,6 +74,11 @@ class Notifier:
         watchdog_usec = environ.pop("WATCHDOG_USEC", None)
         watchdog_pid = environ.pop("WATCHDOG_PID", None)
         return cls(_unix_address(notify_socket), _our_watchdog_usec(watchdog_usec, watchdog_pid))
+
+    @property
+    def active(self) -> bool:
+        """Whether a service manager is listening (NOTIFY_SOCKET was usable)."""
+        return self._address is not None
 
     def watchdog_interval(self) -> float | None:
         if self._watchdog_usec is None:

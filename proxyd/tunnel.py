@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import socket
 
+from proxyd.accounting import RequestRecord, outcome_for
 from proxyd.desync import send_first
 from proxyd.dialers import Connection
 from proxyd.errors import ClientGone, DialError, UpstreamError
-from proxyd.firstvisit import TunnelReply, TunnelVisit, note_dial
+from proxyd.firstvisit import TunnelReply, TunnelVisit, note_dial, note_dial_failure
 from proxyd.relay import SpliceTunnel
 from proxyd.runtime import Runtime
 
@@ -21,20 +22,24 @@ async def run_tunnel(
     *,
     reply: TunnelReply,
     client_ip: str,
+    record: RequestRecord,
     client_bytes: bytes = b"",
 ) -> None:
     """Pick the route for ``host:port``, answer the client, then relay until both sides end.
 
     ``client_bytes`` is what the client already sent past its request (e.g. a TLS
     ClientHello that arrived with the CONNECT head); it is forwarded first, never dropped.
-    The client socket belongs to the tunnel from here on.
+    The client socket belongs to the tunnel from here on. ``record`` learns the route,
+    the outcome and the bytes; the caller finishes it.
     """
     loop = asyncio.get_running_loop()
     try:
         plan = rt.router.plan(host, port)
     except DialError as err:
+        record.outcome = outcome_for(err)
         await reply.failure(err)
         return
+    record.route = plan.first.name
     if len(plan.routes) == 1:
         # One possible route: nothing to fall back to, so no first bytes to keep.
         try:
@@ -46,12 +51,14 @@ async def run_tunnel(
                 isolation=plan.isolation,
             )
         except DialError as err:
-            rt.stats.dial_failures += 1
+            note_dial_failure(rt, plan.first.name, err)
             if isinstance(err, UpstreamError):
                 rt.upstreams.report_failure(plan.first.name, err)
+            record.outcome = outcome_for(err)
             await reply.failure(err)
             return
         note_dial(rt, plan.first, conn)
+        record.connect_seconds = conn.connect_seconds
         try:
             await reply.success(conn)
             if client_bytes:
@@ -59,7 +66,8 @@ async def run_tunnel(
         except OSError:
             conn.sock.close()
             return
-        await relay(rt, client, conn)
+        record.up += len(client_bytes)
+        await relay(rt, client, conn, record)
         return
     visit = TunnelVisit(rt, client, host, port, plan, reply, client_ip, client_bytes)
     try:
@@ -67,20 +75,30 @@ async def run_tunnel(
     except ClientGone:
         return
     if committed is None:
-        rt.stats.dial_failures += 1
+        record.outcome = visit.failure_outcome
         return
     conn, server_bytes = committed
+    record.route = conn.route
+    record.connect_seconds = conn.connect_seconds
+    record.first_byte_seconds = visit.first_byte_seconds
     try:
         await loop.sock_sendall(client, server_bytes)
     except OSError:
         conn.sock.close()
         return
-    await relay(rt, client, conn)
+    record.up += len(visit.first_bytes)
+    record.down += len(server_bytes)
+    await relay(rt, client, conn, record)
 
 
-async def relay(rt: Runtime, client: socket.socket, conn: Connection) -> None:
+async def relay(
+    rt: Runtime, client: socket.socket, conn: Connection, record: RequestRecord
+) -> None:
+    """Splice until the tunnel ends; the request counts as "ok" from its start."""
     tunnel = SpliceTunnel(client, conn.sock, idle_timeout=rt.config.limits.idle_timeout)
-    rt.stats.tunnel_opened(conn.route)
+    stats = rt.stats
+    stats.tunnel_opened(conn.route)
+    record.outcome = "ok"
     try:
         await asyncio.shield(tunnel.start())
     except asyncio.CancelledError:
@@ -88,6 +106,8 @@ async def relay(rt: Runtime, client: socket.socket, conn: Connection) -> None:
         raise
     finally:
         # abort() settles the counts at once, so they are final here on every path.
-        rt.stats.tunnel_closed(conn.route, tunnel.up.moved, tunnel.down.moved)
+        stats.tunnel_closed(conn.route)
+        record.up += tunnel.up.moved
+        record.down += tunnel.down.moved
         if tunnel.timed_out:
-            rt.stats.limit_hit("idle_timeout")
+            stats.limit_hit("idle_timeout")

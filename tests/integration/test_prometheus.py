@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from proxyd.inbound_http import CONNECT_ESTABLISHED
 from tests.integration.test_admin import ADMIN_LISTENING, free_port, wait_until
 from tests.support.origin import OriginServer
 from tests.support.proc import Proxyd
@@ -104,11 +105,16 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scraped]:
         proxyd.assert_clean_log()
 
 
-def curl(*args: str) -> None:
+def curl(*args: str) -> tuple[int, int]:
+    """Run curl; the bytes it sent and received (headers, and a CONNECT answer, included)."""
     out = subprocess.run(
-        ["curl", "-sS", "--max-time", "20", *args], capture_output=True, timeout=30
-    )
+        ["curl", "-sS", "--max-time", "20", "-o", "/dev/null",
+         "-w", "%{size_request} %{size_header} %{size_download}", *args],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
     assert out.returncode == 0, out.stderr
+    sent, headers, body = map(int, out.stdout.split())
+    return sent, headers + body
 
 
 def test_prometheus_scrapes_proxyd_and_finds_it_up(scraped: Scraped) -> None:
@@ -117,24 +123,35 @@ def test_prometheus_scrapes_proxyd_and_finds_it_up(scraped: Scraped) -> None:
     assert scraped.scalar('process_resident_memory_bytes{job="proxyd"}') is not None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="inbound code still bumps the legacy Stats.requests; request_done not wired yet",
-)
 def test_request_counters_in_prometheus_match_the_traffic(
     scraped: Scraped, origin: OriginServer
 ) -> None:
     proxy = scraped.proxyd.url
+    up = down = 0
     for n in range(4):
-        curl("-x", proxy, f"{origin.url}/plain/{n}")
+        sent, received = curl("-x", proxy, f"{origin.url}/plain/{n}")
+        up, down = up + sent, down + received
     for n in range(3):
-        curl("-p", "-x", proxy, f"{origin.url}/tunnelled/{n}")
+        sent, received = curl("-p", "-x", proxy, f"{origin.url}/tunnelled/{n}")
+        # proxyd's own "200 Connection established" is not relayed traffic.
+        up, down = up + sent, down + received - len(CONNECT_ESTABLISHED)
     scraped.wait_for('sum(proxyd_requests_total{job="proxyd"})', 7.0, timeout=10)
     by_label = {
         (r["metric"]["protocol"], r["metric"]["route"], r["metric"]["outcome"]): r["value"][1]
         for r in scraped.query('proxyd_requests_total{job="proxyd"}')
     }
     assert by_label == {("http", "direct", "ok"): "4", ("connect", "direct", "ok"): "3"}
+    assert scraped.scalar('proxyd_connections_total{protocol="http"}') == 7
+    relayed = 'proxyd_relayed_bytes_total{route="direct",direction="%s"}'
+    assert scraped.scalar(relayed % "up") == up
+    assert scraped.scalar(relayed % "down") == down
+    # The four plain requests share one pooled origin connection; each tunnel dials.
+    assert scraped.scalar('proxyd_dials_total{route="direct",outcome="ok"}') == 1 + 3
+    assert scraped.scalar('proxyd_connect_latency_seconds_count{route="direct"}') == 1 + 3
+    # Plain HTTP waits for the answer's head; these loopback tunnels have a single route,
+    # so they are spliced at once and never wait for a first byte.
+    assert scraped.scalar('proxyd_first_byte_latency_seconds_count{route="direct"}') == 4
+    assert scraped.scalar('proxyd_tunnels_active{route="direct"}') == 0
 
 
 def test_promtool_finds_no_problem_in_the_exposition(

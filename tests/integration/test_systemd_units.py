@@ -117,3 +117,42 @@ def test_shipped_service_sandbox_exposure_stays_low(tmp_path: Path) -> None:
         "proxyd.service",
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def service_settings(text: str) -> dict[str, list[str]]:
+    """[Service] assignments in order; a key may repeat (ExecReload, SystemCallFilter)."""
+    settings: dict[str, list[str]] = {}
+    section = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("["):
+            section = line
+            continue
+        if section == "[Service]":
+            key, _, value = line.partition("=")
+            settings.setdefault(key, []).append(value)
+    return settings
+
+
+def test_service_has_every_setting_a_router_install_relies_on() -> None:
+    settings = service_settings((UNIT_DIR / "proxyd.service").read_text())
+    required = {
+        "Type": ["notify"],
+        "DynamicUser": ["yes"],
+        "StateDirectory": ["proxyd"],
+        "ConfigurationDirectory": ["proxyd"],
+        "ProtectSystem": ["strict"],
+        "NoNewPrivileges": ["yes"],
+        "CapabilityBoundingSet": [""],  # empty: the default ports are not privileged
+        "RestrictAddressFamilies": ["AF_INET AF_INET6 AF_UNIX"],
+        "Restart": ["on-failure"],
+        "ExecReload": ["proxyd check -c /etc/proxyd/proxyd.toml", "/bin/kill -HUP $MAINPID"],
+    }
+    assert {key: settings.get(key) for key in required} == required
+    assert settings["SystemCallFilter"][0] == "@system-service"  # splice is in it
+    for key in ("MemoryMax", "LimitNOFILE", "WatchdogSec"):
+        assert len(settings.get(key, [])) == 1 and settings[key][0], key
+    # A spliced tunnel holds 4 fds: the limit must allow thousands of tunnels.
+    assert int(settings["LimitNOFILE"][0]) >= 16384

@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from proxyd.detect import Reason
 from proxyd.learning import DomainState, LearningTable
 from proxyd.metrics import UpstreamHealth, build_registry, exposition
-from proxyd.stats import LATENCY_BUCKETS, Histogram, Stats
+from proxyd.stats import LATENCY_BUCKETS, Histogram, NullStats, Stats
 
 
 @dataclass
@@ -87,11 +87,12 @@ def test_connections_count_open_and_total_per_protocol() -> None:
     assert (src.stats.connections, src.stats.active_connections) == (2, 1)
 
 
-def test_tunnel_bytes_are_counted_by_route_and_direction_when_it_closes() -> None:
+def test_tunnels_are_gauged_and_bytes_counted_by_route_and_direction() -> None:
     src = Sources()
     src.stats.tunnel_opened("tor")
     assert samples(src)["proxyd_tunnels_active", (("route", "tor"),)] == 1
-    src.stats.tunnel_closed("tor", up_bytes=100, down_bytes=5000)
+    src.stats.tunnel_closed("tor")
+    src.stats.add_bytes("tor", 100, 5000)
     src.stats.add_bytes("direct", 7, 9)
     got = samples(src)
     assert got["proxyd_tunnels_active", (("route", "tor"),)] == 0
@@ -183,3 +184,19 @@ def test_exposition_passes_promtool_lint() -> None:
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert out.stdout == b"" and out.stderr == b""
+
+
+def test_null_stats_count_nothing_per_request_but_keep_housekeeping() -> None:
+    src = Sources(stats=NullStats())
+    src.stats.connection_opened("http")
+    src.stats.request_done("http", "direct", "ok")
+    src.stats.dial_done("direct", "connect_timeout", 10.0)
+    src.stats.tunnel_opened("direct")
+    src.stats.add_bytes("direct", 1, 2)
+    src.stats.detection(Reason.TLS_INJECTED)
+    src.stats.state_saved(False)
+    got = samples(src)
+    assert not [name for name, _ in got if name.startswith(("proxyd_requests", "proxyd_dials"))]
+    assert (src.stats.connections, src.stats.dial_failures, src.stats.active_tunnels) == (0, 0, 0)
+    assert got["proxyd_state_save_failures_total", ()] == 1
+    assert src.stats.last_state_save_ok is False

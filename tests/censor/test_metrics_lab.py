@@ -1,0 +1,81 @@
+"""Issue 5: the metrics of learning move with what really happens in the censored lab.
+
+A first visit to an SNI-blocked site (the censor resets the connection after the TLS
+ClientHello) must show up as a detection with the censor's reason, a successful request
+through the upstream, a learned domain, a state save; the out-of-band re-tests as
+"blocked" while the censor holds its rule and "ok" once it lifts it.
+"""
+
+from __future__ import annotations
+
+import time
+
+from netlab import NetLab
+from prometheus_client.parser import text_string_to_metric_families
+from proxyd_fixture import ProxydLauncher, curl_via, learned, proxyd_config, unique_path
+
+from tests.integration.test_admin import ADMIN_LISTENING
+from tests.support.proc import Proxyd
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape(lab: NetLab, admin: str) -> Samples:
+    done = lab.exec_client(["curl", "-sS", "--max-time", "10", f"{admin}/metrics"])
+    assert done.returncode == 0, done.stderr
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(done.stdout)
+        for s in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def wait_metric(
+    lab: NetLab, admin: str, name: str, minimum: float, timeout: float = 15.0, **labels: str
+) -> Samples:
+    deadline = time.monotonic() + timeout
+    while True:
+        samples = scrape(lab, admin)
+        if value(samples, name, **labels) >= minimum:
+            return samples
+        assert time.monotonic() < deadline, f"{name}{labels} never reached {minimum}"
+        time.sleep(0.1)
+
+
+def test_learning_metrics_follow_a_blocked_first_visit_and_its_retests(
+    netlab: NetLab, launch_proxyd: ProxydLauncher
+) -> None:
+    config = proxyd_config([("tor", netlab.socks.url)], retest_initial="2s", retest_max="4s")
+    proxy: Proxyd = launch_proxyd.start(config, "--admin", "127.0.0.1:0")
+    match = proxy.wait_for_log(ADMIN_LISTENING)
+    admin = f"http://{match.group(1)}:{match.group(2)}"
+
+    result = curl_via(netlab, proxy, f"https://sni.example{unique_path()}")
+    assert result.exit_code == 0, (result.stderr, proxy.log_text())
+    reason = proxy.wait_for_log(learned("sni.example")).group(1)
+    assert reason == "connection_reset"
+
+    samples = wait_metric(netlab, admin, "proxyd_requests_total", 1, protocol="connect",
+                          route="tor", outcome="ok")  # fmt: skip
+    assert value(samples, "proxyd_detections_total", reason="connection_reset") == 1
+    # Direct connected (the censor only resets after the ClientHello); so did the upstream.
+    assert value(samples, "proxyd_dials_total", route="direct", outcome="ok") == 1
+    assert value(samples, "proxyd_dials_total", route="tor", outcome="ok") == 1
+    assert value(samples, "proxyd_first_byte_latency_seconds_count", route="tor") == 1
+    assert value(samples, "proxyd_first_byte_latency_seconds_count", route="direct") == 0
+    assert value(samples, "proxyd_relayed_bytes_total", route="tor", direction="down") > 1000
+    assert value(samples, "proxyd_learned_domains", state="blocked", source="learned") == 1
+    assert value(samples, "proxyd_upstream_up", upstream="tor") == 1
+    wait_metric(netlab, admin, "proxyd_state_saves_total", 1)
+
+    # The censor still resets: the re-test says so, and the domain stays blocked.
+    samples = wait_metric(netlab, admin, "proxyd_retests_total", 1, result="blocked")
+    assert value(samples, "proxyd_retests_total", result="ok") == 0
+    netlab.censor.unblock("sni.example")
+    samples = wait_metric(netlab, admin, "proxyd_retests_total", 1, result="ok", timeout=15)
+    assert value(samples, "proxyd_learned_domains", state="blocked", source="learned") == 0
+    assert value(samples, "proxyd_state_save_failures_total") == 0
