@@ -12,6 +12,7 @@ from pathlib import Path
 from tests.integration.test_admin import ADMIN_LISTENING, accepting, free_port, wait_until
 from tests.support.origin import OriginServer
 from tests.support.proc import Proxyd
+from tests.support.scrape import scrape
 
 ACCESS_LINE = re.compile(
     r"proxyd\.access: 127\.0\.0\.1 (?P<protocol>\S+) (?P<target>\S+) route=(?P<route>\S+) "
@@ -82,7 +83,10 @@ def test_access_log_writes_one_line_per_request_with_route_and_timings(
 
 
 def test_no_line_per_request_by_default(tmp_path: Path, origin: OriginServer) -> None:
-    proc = Proxyd(config="upstream = []\n", tmp_path=tmp_path)  # no upstream health lines
+    # No upstream (health lines) and a connection limit the fd limit allows (a warning):
+    # nothing at all is logged once proxyd listens.
+    config = "upstream = []\n[limits]\nmax_connections = 100\n"
+    proc = Proxyd(config=config, tmp_path=tmp_path)
     try:
         before = len(proc.lines)
         for n in range(5):
@@ -142,3 +146,37 @@ def test_healthz_is_503_while_the_state_cannot_be_saved(
     finally:
         proc.stop()
     proc.assert_clean_log()
+
+
+def test_kept_alive_requests_are_each_counted_once_with_their_bytes(
+    tmp_path: Path, origin: OriginServer
+) -> None:
+    """One client connection, five requests: the first is dialled by the coroutine, the
+    rest are served by the hot lane from the pooled origin connection."""
+    proc = Proxyd(["--admin", "127.0.0.1:0"], config="access_log = true\n", tmp_path=tmp_path)
+    try:
+        admin = f"http://127.0.0.1:{proc.wait_for_log(ADMIN_LISTENING).group(2)}"
+        urls = [f"{origin.url}/kept/{n}" for n in range(5)]
+        out = subprocess.run(
+            ["curl", "-sS", "--max-time", "20", "-x", proc.url,
+             "-w", "%{size_request} %{size_header} %{size_download} %{num_connects}\n",
+             *[arg for url in urls for arg in ("-o", "/dev/null", url)]],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        rows = [tuple(map(int, line.split())) for line in out.stdout.splitlines()]
+        assert [connects for *_, connects in rows] == [1, 0, 0, 0, 0]  # one connection
+        samples = scrape(admin)
+    finally:
+        assert proc.stop() == 0
+    ok = 'proxyd_requests_total{outcome="ok",protocol="http",route="direct"}'
+    assert samples[ok] == 5
+    assert samples['proxyd_connections_total{protocol="http"}'] == 1
+    assert samples['proxyd_first_byte_latency_seconds_count{route="direct"}'] == 5
+    up = samples['proxyd_relayed_bytes_total{direction="up",route="direct"}']
+    down = samples['proxyd_relayed_bytes_total{direction="down",route="direct"}']
+    assert up == sum(sent for sent, *_ in rows)
+    assert down == sum(headers + body for _, headers, body, _ in rows)
+    lines = access_lines(proc)
+    assert [line["target"].rsplit(":")[0] for line in lines] == ["127.0.0.1"] * 5
+    assert [line["connect"] == "-" for line in lines] == [False, True, True, True, True]
