@@ -1,4 +1,4 @@
-"""Command line: ``proxyd [run|check|config] [options]``."""
+"""Command line: ``proxyd [run|check|config|routes] [options]``."""
 
 from __future__ import annotations
 
@@ -36,7 +36,9 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("run", parents=[common], help="run the daemon (the default)")
     sub.add_parser("check", parents=[common], help="validate the config and exit")
     sub.add_parser("config", parents=[common], help="print the effective config as TOML")
-    sub.add_parser("routes", parents=[common], help="print the learned routes table")
+    sub.add_parser(
+        "routes", help="list, force or forget learned routes (`proxyd routes -h` for more)"
+    )
     return parser
 
 
@@ -54,6 +56,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help")):
         argv.insert(0, "run")
+    if argv[0] == "routes":
+        # Its own parser: actions and arguments of their own, the admin API or the file.
+        from proxyd.cli_routes import routes_command
+
+        return routes_command(argv[1:])
     args = _parser().parse_args(argv)
     overrides = _overrides(args)
     try:
@@ -67,10 +74,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "config":
         sys.stdout.write(dump_config(config))
         return 0
-    if args.command == "routes":
-        from proxyd.routes_table import print_routes
-
-        return print_routes(config)
     logging.basicConfig(
         level=config.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -12,6 +12,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -581,3 +582,24 @@ def test_put_and_delete_change_the_route_of_the_very_next_request(
     finally:
         assert proxyd.stop() == 0
     proxyd.assert_clean_log()
+
+
+def test_proxyd_routes_command_line_drives_the_running_daemon(
+    daemon: AdminDaemon, tmp_path: Path
+) -> None:
+    """The installed entry point, as an operator types it: `proxyd routes ...`."""
+
+    def proxyd_routes(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "proxyd", "routes", "--admin",
+             f"127.0.0.1:{daemon.admin_port}", "--state-dir", str(tmp_path / "unused"), *argv],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+
+    done = proxyd_routes("set", "typed.example", "socks")
+    assert (done.returncode, done.stdout) == (0, "typed.example: socks (forced)\n"), done.stderr
+    listed = proxyd_routes()
+    assert re.search(r"^typed\.example\s+blocked\s+socks\s+forced", listed.stdout, re.M)
+    assert proxyd_routes("forget", "typed.example").stdout == "typed.example: forgotten\n"
+    assert "typed.example" not in proxyd_routes().stdout
+    assert not (tmp_path / "unused").exists()  # the daemon's table, not a file, was used
