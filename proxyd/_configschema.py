@@ -190,6 +190,7 @@ class Config:
     log_level: str = "info"
     access_log: bool = False
     metrics: bool = True  # False: no per-request accounting and no /metrics
+    admin_token: str | None = None  # bearer token the admin API requires (not /healthz)
     state_dir: Path | None = None  # None: $STATE_DIRECTORY or the XDG state dir
     via: bool = False
     # Clients that are not loopback may not reach loopback, link-local or this machine's

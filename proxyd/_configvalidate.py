@@ -211,6 +211,13 @@ def _state_dir(value: object, path: KeyPath) -> Path | None:
     return Path(text)
 
 
+def _token(value: object, path: KeyPath) -> str | None:
+    text = _str(value, path)
+    if text and (len(text) < 16 or not text.isascii() or not text.isprintable() or " " in text):
+        raise SchemaError(path, "use at least 16 printable ASCII characters without spaces")
+    return text or None
+
+
 def _host(value: object, path: KeyPath) -> str:
     text = _str(value, path)
     host = text.lower().removesuffix(".")
@@ -418,6 +425,7 @@ _TOP_LEVEL: dict[str, tuple[str, Reader]] = {
     "log_level": ("log_level", _choice(LOG_LEVELS)),
     "access_log": ("access_log", _bool),
     "metrics": ("metrics", _bool),
+    "admin_token": ("admin_token", _token),
     "state_dir": ("state_dir", _state_dir),
     "via": ("via", _bool),
     "protect_local": ("protect_local", _bool),

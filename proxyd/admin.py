@@ -352,4 +352,5 @@ def daemon_context(server: ProxyServer, learned: LearnedRoutes | None) -> AdminC
         mirror_status=lambda: server.mirrors.status([u.name for u in rt.upstreams.dialers()]),
         route_names=lambda: {DIRECT, *(u.name for u in rt.config.upstreams)},
         explain=explain,
+        token=lambda: rt.config.admin_token,
     )

@@ -10,7 +10,7 @@ answers there, the state file is read, or edited for the next start.
 
 Common options: ``-c FILE`` (where the admin address and state dir come from),
 ``--admin HOST:PORT``, ``--state-dir DIR``, ``--token TOKEN`` (default
-``$PROXYD_ADMIN_TOKEN``).
+``$PROXYD_ADMIN_TOKEN``, else the config's ``admin_token``).
 
 Public API: ``routes_command(argv) -> int`` (argv after "routes"; exit status 0 on
 success, 1 on failure, 2 on a usage or config error).
@@ -177,7 +177,7 @@ def routes_command(argv: Sequence[str]) -> int:
         try:
             if base_url is None:
                 raise AdminUnreachable("the admin listener is disabled in the config")
-            _online(AdminClient(base_url, args.token), args)
+            _online(AdminClient(base_url, args.token or config.admin_token), args)
         except AdminUnreachable as err:
             print(f"proxyd: {err}; using the state file", file=sys.stderr)
             _offline(config, args)

@@ -284,6 +284,7 @@ def _to_toml_data(config: Config) -> dict[str, Any]:
         "log_level": config.log_level,
         "access_log": config.access_log,
         "metrics": config.metrics,
+        "admin_token": config.admin_token or "",
         "state_dir": "" if config.state_dir is None else str(config.state_dir),
         "via": config.via,
         "protect_local": config.protect_local,

@@ -14,6 +14,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -603,3 +605,37 @@ def test_proxyd_routes_command_line_drives_the_running_daemon(
     assert proxyd_routes("forget", "typed.example").stdout == "typed.example: forgotten\n"
     assert "typed.example" not in proxyd_routes().stdout
     assert not (tmp_path / "unused").exists()  # the daemon's table, not a file, was used
+
+
+def test_admin_token_from_the_config_guards_the_api_and_proxyd_routes_uses_it(
+    tmp_path: Path,
+) -> None:
+    token = "correct-horse-battery-staple"
+    config = f'admin = "127.0.0.1:{free_port()}"\nadmin_token = "{token}"\nupstream = []\n'
+    proc = Proxyd(config=config, tmp_path=tmp_path)
+    try:
+        admin = AdminDaemon(proc).admin
+        assert urllib_status(f"{admin}/api/routes") == 401
+        assert urllib_status(f"{admin}/healthz") == 200  # for monitors without secrets
+        assert urllib_status(f"{admin}/metrics", token) == 200
+        assert proc.config_path is not None
+        done = subprocess.run(
+            [sys.executable, "-m", "proxyd", "routes", "-c", str(proc.config_path),
+             "set", "guarded.example", "direct"],
+            capture_output=True, text=True, timeout=30,
+            env={k: v for k, v in os.environ.items() if k != "PROXYD_ADMIN_TOKEN"},
+        )  # fmt: skip
+        assert (done.returncode, done.stdout) == (0, "guarded.example: direct (forced)\n")
+    finally:
+        assert proc.stop() == 0
+
+
+def urllib_status(url: str, token: str | None = None) -> int:
+    request = urllib.request.Request(url)
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as err:
+        return err.code

@@ -180,6 +180,8 @@ ERRORS = [
     ("limits.max_conections = 1\n", 1, "limits.max_conections", "unknown key"),
     ("[learning]\nfoo = { bar = 1 }\n", 2, "learning.foo", "unknown key"),
     ('access_log = "yes"\n', 1, "access_log", "expected true or false, got a string"),
+    ("metrics = 0\n", 1, "metrics", "expected true or false, got an integer"),
+    ('admin_token = "hunter2"\n', 1, "admin_token", "at least 16 printable ASCII"),
     ('listen = "127.0.0.1:8080"\n', 1, "listen", "expected an array, got a string"),
     ('[limits]\n\nmax_connections = "many"\n', 3, "limits.max_connections", "expected an integer"),
     ("[limits]\nmax_headers = true\n", 2, "limits.max_headers", "got a boolean"),
