@@ -125,7 +125,9 @@ class HttpClient:
                 await self._send(self._local_answer(req))
                 return
             protocol = "connect" if req.is_connect else "http"
-            record = RequestRecord(protocol, self.client_ip, req.host, req.port, up=head_len)
+            # A CONNECT head is proxyd's business, not relayed; a request head is forwarded.
+            relayed_head = 0 if req.is_connect else head_len
+            record = RequestRecord(protocol, self.client_ip, req.host, req.port, up=relayed_head)
             try:
                 if req.is_connect:
                     await run_tunnel(
