@@ -236,9 +236,13 @@ class HttpClient:
             )
             return False
         if isinstance(chosen, MirrorAnswer):
-            return await chosen.deliver(
+            if result.winner is not None:
+                record.route = result.winner.name
+            keep_alive = await chosen.deliver(
                 self.sock, version=req.version, keep_alive=req.keep_alive, timeout=timeout
             )
+            record.outcome = "ok"  # its body bytes are counted by the answer itself
+            return keep_alive
         origin, key, resp, rbuf = chosen
         record.route = origin.route
         record.connect_seconds, record.first_byte_seconds = exchange.timings.get(

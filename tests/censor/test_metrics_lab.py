@@ -42,7 +42,9 @@ def wait_metric(
         samples = scrape(lab, admin)
         if value(samples, name, **labels) >= minimum:
             return samples
-        assert time.monotonic() < deadline, f"{name}{labels} never reached {minimum}"
+        assert time.monotonic() < deadline, f"{name}{labels} never reached {minimum}: " + repr(
+            {k: v for k, v in samples.items() if k[0] == name}
+        )
         time.sleep(0.1)
 
 
@@ -79,3 +81,25 @@ def test_learning_metrics_follow_a_blocked_first_visit_and_its_retests(
     samples = wait_metric(netlab, admin, "proxyd_retests_total", 1, result="ok", timeout=15)
     assert value(samples, "proxyd_learned_domains", state="blocked", source="learned") == 0
     assert value(samples, "proxyd_state_save_failures_total") == 0
+
+
+def test_a_request_the_mirror_answers_is_counted_under_the_mirror_route(
+    netlab: NetLab, launch_proxyd: ProxydLauncher
+) -> None:
+    mirror = (
+        '[[mirror]]\nname = "blog"\nfrom = "*.blog.example"\nto = "*.blog-mirror.example"\n'
+        'mode = "proxy"\nwhen = "always"\n'
+    )
+    config = proxyd_config([("tor", netlab.socks.url)]) + mirror
+    proxy: Proxyd = launch_proxyd.start(config, "--admin", "127.0.0.1:0")
+    match = proxy.wait_for_log(ADMIN_LISTENING)
+    admin = f"http://{match.group(1)}:{match.group(2)}"
+    result = curl_via(netlab, proxy, f"http://blog.example{unique_path()}")
+    assert (result.exit_code, result.http_code) == (0, 200), (result, proxy.log_text())
+    samples = wait_metric(netlab, admin, "proxyd_requests_total", 1, protocol="http",
+                          route="mirror:blog", outcome="ok")  # fmt: skip
+    assert value(samples, "proxyd_relayed_bytes_total", route="mirror:blog", direction="up") > 0
+    down = value(samples, "proxyd_relayed_bytes_total", route="mirror:blog", direction="down")
+    assert down >= len(result.body.encode())
+    assert value(samples, "proxyd_requests_total", protocol="http", route="direct",
+                 outcome="ok") == 0  # fmt: skip
