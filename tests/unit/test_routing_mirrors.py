@@ -119,3 +119,20 @@ def test_a_rule_can_name_the_mirror(tmp_path: Path) -> None:
     router = router_for(TOR + mirror() + rule, tmp_path)
     assert names(router, "blog.example", plain_http=True) == ["mirror:blog", "tor"]
     assert names(router, "blog.example", plain_http=False, port=443) == ["tor"]
+
+
+async def test_a_reload_keeps_unchanged_mirrors_and_their_pools() -> None:
+    first = parse_config(
+        mirror() + '[[mirror]]\nfrom = "a.example"\nto = "b.example"\n', source="t"
+    )
+    mirrors = MirrorSet(first.mirrors)
+    kept, dropped = mirrors.routes
+    second = parse_config(
+        mirror() + '[[mirror]]\nfrom = "c.example"\nto = "d.example"\n', source="t"
+    )
+    mirrors.reconfigure(second.mirrors)
+    assert mirrors.routes[0] is kept
+    assert mirrors.routes[1] is not dropped
+    assert mirrors.covering("c.example") is mirrors.routes[1]
+    assert mirrors.covering("a.example") is None
+    await mirrors.close()
