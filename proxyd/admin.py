@@ -8,7 +8,7 @@ cannot be a DNS-rebinding attack (IP literals and local names such as ``router.l
 Routes: ``GET /metrics``, ``GET /healthz`` (200 "ok", or 503 with one reason per line),
 ``GET /api/routes?state=&q=``, ``PUT /api/routes/{domain}`` with ``{"route": NAME}``
 (force), ``DELETE /api/routes/{domain}`` (forget), ``GET /api/upstreams``,
-``GET /api/explain?host=``, ``GET /api/mirrors`` (each mirror, its health and
+``GET /api/explain?host=[&port=]``, ``GET /api/mirrors`` (each mirror, its health and
 what happens to HTTPS for its hosts), ``GET /proxy.pac``, ``GET /`` (status page).
 
 Public API:
@@ -41,8 +41,8 @@ from aiohttp import web
 
 from proxyd import admin_page, metrics, pac
 from proxyd.access import AccessPolicy
+from proxyd.desync import ROUTE as DESYNC
 from proxyd.domains import is_local_destination, normalise_host, parse_ip
-from proxyd.errors import DialError
 from proxyd.learning import DIRECT, DomainState, LearningTable, State
 from proxyd.mirror import MirrorStatus
 from proxyd.stats import Stats
@@ -94,7 +94,7 @@ class AdminContext:
     upstream_status: Callable[[], Iterable[metrics.UpstreamHealth]] = _nothing
     mirror_status: Callable[[], Sequence[MirrorStatus]] = list
     route_names: Callable[[], Collection[str]] = lambda: (DIRECT,)  # valid for PUT
-    explain: Callable[[str], Mapping[str, Any]] | None = None
+    explain: Callable[[str, int], Mapping[str, Any]] | None = None
     health: Callable[[], Iterable[str]] | None = None  # the daemon's own problems
     token: Callable[[], str | None] = lambda: None
     clock: Callable[[], float] = time.time
@@ -262,8 +262,11 @@ class _Handlers:
         host = request.query.get("host", "").strip()
         if not host or len(host) > 253:
             return _error(400, "give ?host=NAME")
+        port = request.query.get("port", "443")
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            return _error(400, "give ?port= as a number from 1 to 65535")
         try:
-            return _json(dict(self.ctx.explain(host)))
+            return _json(dict(self.ctx.explain(host, int(port))))
         except ValueError as err:
             return _error(400, str(err))
 
@@ -336,13 +339,6 @@ def daemon_context(server: ProxyServer, learned: LearnedRoutes | None) -> AdminC
     """
     rt = server.rt
 
-    def explain(host: str) -> dict[str, Any]:
-        try:
-            plan = rt.router.plan(host, 443)
-        except DialError as err:
-            return {"host": host, "routes": [], "why": err.describe()}
-        return {"host": host, "routes": [d.name for d in plan.routes], "why": plan.why}
-
     return AdminContext(
         stats=rt.stats,
         proxy_addresses=lambda: server.proxy_addresses,
@@ -350,7 +346,7 @@ def daemon_context(server: ProxyServer, learned: LearnedRoutes | None) -> AdminC
         learning=learned,
         upstream_status=lambda: rt.upstreams.status(),
         mirror_status=lambda: server.mirrors.status([u.name for u in rt.upstreams.dialers()]),
-        route_names=lambda: {DIRECT, *(u.name for u in rt.config.upstreams)},
-        explain=explain,
+        route_names=lambda: {DIRECT, DESYNC, *(u.name for u in rt.config.upstreams)},
+        explain=lambda host, port: rt.router.explain(host, port),
         token=lambda: rt.config.admin_token,
     )

@@ -1,4 +1,4 @@
-"""Command line: ``proxyd [run|check|config|routes] [options]``."""
+"""Command line: ``proxyd [run|check|config|routes|why] [options]``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 from proxyd.config import ConfigError, dump_config, load_config
 from proxyd.server import StartupError
 
-COMMANDS = ("run", "check", "config", "routes")
+COMMANDS = ("run", "check", "config", "routes", "why")
 EXIT_CONFIG = 2
 EXIT_STARTUP = 1
 
@@ -39,6 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "routes", help="list, force or forget learned routes (`proxyd routes -h` for more)"
     )
+    sub.add_parser("why", help="which route HOST gets and why (`proxyd why HOST [--port N]`)")
     return parser
 
 
@@ -56,11 +57,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help")):
         argv.insert(0, "run")
-    if argv[0] == "routes":
+    if argv[0] in ("routes", "why"):
         # Its own parser: actions and arguments of their own, the admin API or the file.
         from proxyd.cli_routes import routes_command
 
-        return routes_command(argv[1:])
+        return routes_command(argv[1:] if argv[0] == "routes" else argv)
     args = _parser().parse_args(argv)
     overrides = _overrides(args)
     try:

@@ -7,6 +7,7 @@ answers there, the state file is read, or edited for the next start.
     proxyd routes [--state direct|blocked] [-q TEXT] [--json]
     proxyd routes set DOMAIN ROUTE        # ROUTE: direct or an upstream name
     proxyd routes forget DOMAIN
+    proxyd routes why HOST [--port N]     # also ``proxyd why HOST``: the route and why
 
 Common options: ``-c FILE`` (where the admin address and state dir come from),
 ``--admin HOST:PORT``, ``--state-dir DIR``, ``--token TOKEN`` (default
@@ -31,10 +32,13 @@ from pathlib import Path
 from typing import Any
 
 from proxyd.config import Config, ConfigError, load_config
-from proxyd.learned import STATE_FILE
+from proxyd.dialers import DirectDialer
+from proxyd.learned import STATE_FILE, LearnedRoutes
 from proxyd.learning import SCHEMA_VERSION, LearningTable, StateFormatError
 from proxyd.routes_table import format_table
+from proxyd.routing import Router
 from proxyd.statefile import StateError, default_state_dir, save_state
+from proxyd.upstreams import UpstreamSet
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -58,7 +62,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--state", choices=("direct", "blocked"), help="only entries in it")
     parser.add_argument("-q", "--query", default="", help="only domains containing TEXT")
     parser.add_argument("--json", action="store_true", help="print the API's JSON")
-    parser.add_argument("action", nargs="?", choices=("list", "set", "forget"), default="list")
+    parser.add_argument("--port", type=int, default=443, help="destination port (why)")
+    parser.add_argument(
+        "action", nargs="?", choices=("list", "set", "forget", "why"), default="list"
+    )
     parser.add_argument("domain", nargs="?")
     parser.add_argument("route", nargs="?")
     return parser
@@ -118,6 +125,10 @@ def _online(client: AdminClient, args: argparse.Namespace) -> None:
         query = urllib.parse.urlencode({"state": args.state or "", "q": args.query})
         _print_entries(client.call("GET", f"/api/routes?{query}")["entries"], args.json)
         return
+    if args.action == "why":
+        query = urllib.parse.urlencode({"host": args.domain, "port": args.port})
+        _print_explanation(client.call("GET", f"/api/explain?{query}"), args.json)
+        return
     path = "/api/routes/" + urllib.parse.quote(args.domain, safe="")
     if args.action == "set":
         entry = client.call("PUT", path, {"route": args.route})
@@ -145,8 +156,13 @@ def _offline(config: Config, args: argparse.Namespace) -> None:
         ]
         _print_entries(entries, args.json)
         return
+    if args.action == "why":
+        _print_explanation(
+            _offline_router(config, table).explain(args.domain, args.port), args.json
+        )
+        return
     if args.action == "set":
-        routes = {"direct", *(u.name for u in config.upstreams)}
+        routes = {"direct", "desync", *(u.name for u in config.upstreams)}
         if args.route not in routes:
             raise CommandFailed(f"route must be one of {', '.join(sorted(routes))}")
         entry = table.force(args.domain, args.route, time.time())
@@ -159,11 +175,30 @@ def _offline(config: Config, args: argparse.Namespace) -> None:
     print(f"{message} in {path}; proxyd is not running, it applies at the next start")
 
 
+def _offline_router(config: Config, table: LearningTable) -> Router:
+    """The decision the daemon would make with this config and state file."""
+    learned = LearnedRoutes(
+        config.learning,
+        config.state_dir or default_state_dir(),
+        connect_timeout=config.limits.connect_timeout,
+    )
+    learned.table.from_json(table.to_json())
+    return Router(config, DirectDialer(), UpstreamSet(config.upstreams), learned)
+
+
+def _print_explanation(explained: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(explained, indent=1))
+        return
+    routes = ", ".join(explained["routes"]) or "refused"
+    print(f"{explained['host']}:{explained['port']} -> {routes}\n  {explained['why']}")
+
+
 def routes_command(argv: Sequence[str]) -> int:
     parser = _parser()
-    args = parser.parse_args(list(argv))
+    args = parser.parse_intermixed_args(list(argv))
     if args.action != "list" and args.domain is None:
-        parser.error(f"{args.action} needs a DOMAIN")
+        parser.error(f"{args.action} needs a {'HOST' if args.action == 'why' else 'DOMAIN'}")
     if args.action == "set" and args.route is None:
         parser.error("set needs a DOMAIN and a ROUTE")
     overrides = {"admin": args.admin, "state_dir": args.state_dir}

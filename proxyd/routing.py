@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import logging
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -24,7 +25,7 @@ from proxyd.config import Config, RuleConfig
 from proxyd.desync import DesyncDialer
 from proxyd.dialers import Dialer, DirectDialer
 from proxyd.domains import is_local_destination, normalise_host, parse_ip, registrable_domain
-from proxyd.errors import Forbidden, UpstreamUnavailable
+from proxyd.errors import DialError, Forbidden, UpstreamUnavailable
 from proxyd.learning import DIRECT, State
 
 if TYPE_CHECKING:
@@ -146,7 +147,7 @@ class Router:
                 entry = learned.adopt_list_entry(host, listed[0] or _first_name(upstreams))
         if entry is not None and entry.state is State.BLOCKED:
             evidence = ", ".join(sorted({e.reason.value for e in entry.evidence})) or entry.source
-            why = f"{prefix}learned: {entry.key} blocked ({evidence}) since {entry.since:.0f}"
+            why = f"{prefix}learned: {entry.key} blocked ({evidence}) since {_utc(entry.since)}"
             return self._via_upstreams(host, port, entry.route, why, mirror, plain_http)
         if entry is not None:
             plan = RoutePlan((self.direct,), f"{prefix}learned: {entry.key} works direct")
@@ -256,10 +257,11 @@ class Router:
         return registrable_domain(host)
 
     def explain(self, host: str, port: int = 443) -> dict[str, object]:
+        """Which routes ``host:port`` would get and why (``/api/explain``, ``proxyd why``)."""
         try:
             plan = self.plan(host, port)
-        except (Forbidden, UpstreamUnavailable) as err:
-            return {"host": host, "port": port, "routes": [], "why": str(err)}
+        except DialError as err:
+            return {"host": host, "port": port, "routes": [], "why": err.describe()}
         return {
             "host": host,
             "port": port,
@@ -282,6 +284,10 @@ def _describe(rule: RuleConfig) -> str:
     if rule.port is not None:
         parts.append(f"port {rule.port}")
     return ", ".join(parts)
+
+
+def _utc(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(timestamp))
 
 
 def _first_name(upstreams: tuple[Dialer, ...]) -> str:

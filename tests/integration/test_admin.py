@@ -607,6 +607,40 @@ def test_proxyd_routes_command_line_drives_the_running_daemon(
     assert not (tmp_path / "unused").exists()  # the daemon's table, not a file, was used
 
 
+def test_proxyd_why_explains_the_running_daemons_decision_and_the_stopped_ones(
+    daemon: AdminDaemon, tmp_path: Path
+) -> None:
+    def proxyd_why(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "proxyd", "why", *argv],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+
+    online = ["--admin", f"127.0.0.1:{daemon.admin_port}"]
+    assert proxyd_routes_set(daemon, "why.example", "socks") == 0
+    done = proxyd_why(*online, "www.why.example")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[0] == "www.why.example:443 -> socks"
+    assert "learned: why.example blocked (forced)" in done.stdout
+    explained = json.loads(proxyd_why(*online, "--json", "--port", "80", "new.example").stdout)
+    assert (explained["port"], explained["routes"][0], explained["learning"]) == (
+        80,
+        "direct",
+        True,
+    )
+
+    # stopped: the same decision from the config and the state file
+    offline = ["--admin", f"127.0.0.1:{free_port()}", "--state-dir", str(tmp_path / "state")]
+    assert routes_command([*offline, "set", "why.example", "direct"]) == 0
+    done = proxyd_why(*offline, "www.why.example")
+    assert done.stdout.splitlines()[0] == "www.why.example:443 -> direct", done.stderr
+    assert "using the state file" in done.stderr
+
+
+def proxyd_routes_set(daemon: AdminDaemon, domain: str, route: str) -> int:
+    return routes_command(["--admin", f"127.0.0.1:{daemon.admin_port}", "set", domain, route])
+
+
 def test_admin_token_from_the_config_guards_the_api_and_proxyd_routes_uses_it(
     tmp_path: Path,
 ) -> None:
