@@ -130,15 +130,20 @@ class HttpClient:
             record = RequestRecord(protocol, self.client_ip, req.host, req.port, up=relayed_head)
             try:
                 if req.is_connect:
+                    # A tunnel may stay open for hours, thousands of them: keep only what
+                    # it needs.
+                    host, port, early = req.host, req.port, bytes(self.buf)
+                    del lane, handoff, req
+                    self.buf = bytearray()
                     await run_tunnel(
                         self.rt,
                         self.sock,
-                        req.host,
-                        req.port,
+                        host,
+                        port,
                         reply=_ConnectReply(self.sock),
                         client_ip=self.client_ip,
                         record=record,
-                        client_bytes=bytes(self.buf),
+                        client_bytes=early,
                     )
                     self.sock = None  # type: ignore[assignment]  # the tunnel closed it
                     return
