@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarks import procs
-from proxyd.config import Config
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -47,8 +46,7 @@ url = "socks5://127.0.0.1:{socks_port}"
 cidr = "127.0.0.0/8"
 route = "bench-socks"
 """
-# Until the daemon has a metrics switch, the bare variant can only turn learning off.
-PROXYD_BARE_TOP = "metrics = false" if "metrics" in Config.__dataclass_fields__ else ""
+PROXYD_BARE_TOP = "metrics = false"
 PROXYD_BARE_TABLES = "[learning]\nenabled = false\n"
 
 Launch = tuple[list[str], dict[str, str]]

@@ -33,12 +33,13 @@ def test_options_parse() -> None:
     assert args.quick and args.only == "keepalive" and not args.no_setup
 
 
-def test_bare_proxyd_config_turns_learning_off(tmp_path: Path) -> None:
+def test_bare_proxyd_config_turns_learning_and_metrics_off(tmp_path: Path) -> None:
     launch = PEERS["proxyd-bare"].launch(tmp_path, 18080, None)
     assert launch is not None
     cmd, _env = launch
     conf = Path(cmd[cmd.index("-c") + 1]).read_text()
     assert "[learning]\nenabled = false" in conf
+    assert conf.startswith("metrics = false\n")
 
 
 def test_table_shows_ratio_to_direct_and_reasons_for_gaps() -> None:
