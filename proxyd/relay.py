@@ -82,7 +82,13 @@ class _Pump:
         tunnel = self._tunnel
         tunnel.active = True
         if self.pipe_w < 0:
-            self.pipe_r, self.pipe_w = _new_pipe(DEFAULT_PIPE_SIZE)
+            try:
+                self.pipe_r, self.pipe_w = _new_pipe(DEFAULT_PIPE_SIZE)
+            except OSError as exc:
+                # Out of fds (EMFILE): closing this tunnel is the only way to make room,
+                # and it must close, or its EOF would call back here for ever.
+                tunnel.abort(exc)
+                return
         for _ in range(SPLICES_PER_WAKEUP):
             try:
                 n = os.splice(self.src_fd, self.pipe_w, SPLICE_CHUNK, flags=_SPLICE_FLAGS)
