@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -128,6 +129,65 @@ def test_server_dying_mid_tunnel_closes_the_client_cleanly_and_counts_right(
         bytes_key = 'proxyd_relayed_bytes_total{{direction="{}",route="direct"}}'
         assert daemon.metric(bytes_key.format("up")) == 1000
         assert daemon.metric(bytes_key.format("down")) == 1000
+        still_serves(daemon.proc, origin)
+    finally:
+        daemon.stop()
+
+
+@pytest.fixture
+def upstream_socks(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """microsocks on loopback; only it can resolve ``via-upstream.test`` (to 127.0.0.1)."""
+    hosts = tmp_path / "hosts"
+    hosts.write_text("127.0.0.1 localhost via-upstream.test\n")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    microsocks = shutil.which("microsocks")
+    assert microsocks is not None, "the microsocks Debian package is needed"
+    wrap = mount_ns_wrap(f"mount --bind {hosts} /etc/hosts")
+    proc = subprocess.Popen([*wrap, microsocks, "-i", "127.0.0.1", "-p", str(port)])
+    wait_until(lambda: _accepts(port), what="microsocks to listen")
+    yield proc, port
+    proc.kill()
+    proc.wait()
+
+
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+def test_upstream_proxy_dying_mid_tunnel_closes_the_client_cleanly_and_counts_right(
+    tmp_path: Path,
+    origin: OriginServer,
+    echo_process: ServerProcess,
+    upstream_socks: tuple[subprocess.Popen[bytes], int],
+) -> None:
+    socks_proc, socks_port = upstream_socks
+    config = (
+        f'[[upstream]]\nname = "up"\nurl = "socks5h://127.0.0.1:{socks_port}"\n'
+        '[[rule]]\ndomain = "via-upstream.test"\nroute = "up"\n'
+    )
+    daemon = AdminDaemon(tmp_path, config)
+    try:
+        with socket.create_connection(daemon.proc.address, timeout=10) as client:
+            target = f"via-upstream.test:{echo_process.port}"
+            client.sendall(f"CONNECT {target} HTTP/1.1\r\n\r\n".encode())
+            assert client.recv(4096).startswith(b"HTTP/1.1 200 ")
+            client.sendall(b"y" * 500)
+            got = b""
+            while len(got) < 500:
+                got += client.recv(65536)
+            assert daemon.metric('proxyd_tunnels_active{route="up"}') == 1
+            socks_proc.kill()
+            socks_proc.wait()
+            assert client.recv(1) == b""
+        wait_until(lambda: daemon.metric('proxyd_tunnels_active{route="up"}') == 0)
+        assert daemon.metric('proxyd_relayed_bytes_total{direction="up",route="up"}') == 500
+        assert daemon.metric('proxyd_relayed_bytes_total{direction="down",route="up"}') == 500
         still_serves(daemon.proc, origin)
     finally:
         daemon.stop()
