@@ -25,7 +25,7 @@ from tests.support.scrape import limit_hits, scrape
 
 WANTED = 10_000
 # Tunnels through which bytes are echoed after the refusal; their pipes need descriptors too.
-CHECKED = 500
+CHECKED = 100
 RESERVE = 256  # listener, admin, state, logs, the refused connections
 
 
