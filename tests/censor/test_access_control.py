@@ -80,7 +80,7 @@ def _serve(netns: Netns, ip: str, port: int, text: str, root: Path) -> subproces
         [sys.executable, "-m", "http.server", "-b", ip, "-d", str(directory), str(port)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    wait_listening(proc, "tcp", [(ip, port)])
+    wait_listening(proc, "tcp", [(ip, port)], timeout=30)
     return proc
 
 
