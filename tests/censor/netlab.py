@@ -112,7 +112,11 @@ class SocksServer:
 
     def start(self) -> None:
         self._process.start()
-        wait_listening(self._process, "tcp", [self.endpoint])
+        try:
+            wait_listening(self._process, "tcp", [self.endpoint])
+        except BaseException:
+            self._process.stop()  # or it keeps the address and fails every later start
+            raise
 
     def stop(self) -> None:
         self._process.stop()
