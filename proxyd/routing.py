@@ -172,12 +172,10 @@ class Router:
                 learn=True,
                 isolation=self._isolation(host),
             )
+        behind = "/".join(r.name for r in fallbacks) or "nothing"
         return RoutePlan(
             (self.direct, *fallbacks),
-            prefix
-            + "unknown: direct first, "
-            + "/".join(r.name for r in fallbacks)
-            + " as fallback",
+            f"{prefix}unknown: direct first, {behind} as fallback",
             learn=bool(fallbacks),
             isolation=self._isolation(host),
         )
