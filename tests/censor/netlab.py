@@ -75,6 +75,7 @@ from lab_sites import (
 )
 
 _HTTPD = Path(__file__).resolve().parent / "servers" / "httpd.py"
+_NO_IPV6 = ("net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
 _LOCALHOST = "127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n"
 
 
@@ -292,6 +293,11 @@ class NetLab:
     # -- construction -------------------------------------------------------------------
 
     def _wire(self) -> None:
+        # The lab is IPv4 only. IPv6 off before any link is up: a link-local address that
+        # finishes duplicate address detection mid-test is a network change to Chromium,
+        # which then fails its page load with ERR_NETWORK_CHANGED.
+        for netns in (self.client, self.isp, self.internet):
+            netns.run([tool("sysctl"), "-q", "-w", *_NO_IPV6])
         # Each veth end is created inside its namespace, so no name ever exists on the host.
         for near, far_end in ((self.client, "to-client"), (self.internet, "to-internet")):
             near_end = ["to-isp", "netns", near.name]

@@ -218,6 +218,15 @@ def test_chromium_loads_an_open_https_page_and_is_reset_on_an_sni_blocked_one(
     assert "ERR_CONNECTION_RESET" in blocked.stderr
 
 
+def test_lab_namespaces_hold_no_ipv6_address_that_could_change_under_a_browser(
+    netlab: NetLab,
+) -> None:
+    # A link-local address finishing duplicate address detection is a network change
+    # that makes Chromium abort a page load with ERR_NETWORK_CHANGED.
+    for netns in (netlab.client, netlab.isp, netlab.internet):
+        assert netns.ip("-6", "addr", "show").strip() == "", netns
+
+
 def test_server_started_in_the_client_is_reachable_once_it_listens(netlab: NetLab) -> None:
     server = netlab.popen_client(
         [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", "8000"],
