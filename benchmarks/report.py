@@ -121,20 +121,25 @@ def table(results: Results, targets: list[str], steps: list[int], footer: list[s
 
 
 def _overhead(results: Results, targets: list[str]) -> list[str]:
-    """Learning+metrics overhead: proxyd against the proxyd-bare variant, where both ran."""
-    if "proxyd" not in targets or "proxyd-bare" not in targets:
-        return []
-    parts = []
-    title = "learning+metrics overhead (proxyd vs proxyd-bare; + is slower): "
-    for key in ("keepalive_rps", "newconn_rps", "connect1_mbps", "plain_mbps"):
-        full, bare = results.median(key, "proxyd"), results.median(key, "proxyd-bare")
-        if full and bare:
-            parts.append(f"{_BY_KEY[key].label.split(',')[0]}: {(1 - full / bare) * 100:+.1f} %")
-    for key in ("keepalive_cpu_us", "newconn_cpu_us", "connect1_cpu", "plain_cpu"):
-        full, bare = results.median(key, "proxyd"), results.median(key, "proxyd-bare")
-        if full and bare:
-            parts.append(f"{_BY_KEY[key].label}: {(full / bare - 1) * 100:+.1f} %")
-    return [title + "; ".join(parts)] if parts else []
+    """What a feature costs: proxyd against a variant with it off, where both ran."""
+    lines = []
+    for baseline, feature in (("proxyd-bare", "learning+metrics"), ("proxyd-nometrics", "metrics")):
+        if "proxyd" not in targets or baseline not in targets:
+            continue
+        parts = []
+        for key in ("keepalive_rps", "newconn_rps", "connect1_mbps", "plain_mbps"):
+            full, base = results.median(key, "proxyd"), results.median(key, baseline)
+            if full and base:
+                label = _BY_KEY[key].label.split(",")[0]
+                parts.append(f"{label}: {(1 - full / base) * 100:+.1f} %")
+        for key in ("keepalive_cpu_us", "newconn_cpu_us", "connect1_cpu", "plain_cpu"):
+            full, base = results.median(key, "proxyd"), results.median(key, baseline)
+            if full and base:
+                parts.append(f"{_BY_KEY[key].label}: {(full / base - 1) * 100:+.1f} %")
+        if parts:
+            title = f"{feature} overhead (proxyd vs {baseline}; + is slower): "
+            lines.append(title + "; ".join(parts))
+    return lines
 
 
 def to_json(results: Results, targets: list[str], meta: dict[str, Any]) -> dict[str, Any]:

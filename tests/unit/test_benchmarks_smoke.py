@@ -42,6 +42,25 @@ def test_bare_proxyd_config_turns_learning_and_metrics_off(tmp_path: Path) -> No
     assert conf.startswith("metrics = false\n")
 
 
+def test_nometrics_proxyd_config_turns_only_metrics_off(tmp_path: Path) -> None:
+    launch = PEERS["proxyd-nometrics"].launch(tmp_path, 18080, None)
+    assert launch is not None
+    cmd, _env = launch
+    conf = Path(cmd[cmd.index("-c") + 1]).read_text()
+    assert conf.startswith("metrics = false\n")
+    assert "[learning]" not in conf
+
+
+def test_table_reports_what_each_feature_costs_against_its_baseline() -> None:
+    results = report.Results()
+    for target, rps in (("direct", 20000.0), ("proxyd", 9800.0), ("proxyd-nometrics", 10000.0)):
+        results.add("keepalive_rps", target, rps)
+    text = report.table(results, ["direct", "proxyd", "proxyd-nometrics"], [5000, 10000], [])
+    assert "metrics overhead (proxyd vs proxyd-nometrics; + is slower): keep-alive" in text
+    assert "+2.0 %" in text
+    assert "learning+metrics overhead" not in text  # proxyd-bare did not run
+
+
 def test_table_shows_ratio_to_direct_and_reasons_for_gaps() -> None:
     results = report.Results()
     results.add("keepalive_rps", "direct", 20000.0)
