@@ -72,6 +72,9 @@ class LearningConfig:
     retest_successes: int = 1
     weak_threshold: int = 2
     weak_window: float = 60.0
+    # A direct tunnel silent this long after 10-32 KB of server data, until the client
+    # gave up, froze (weak evidence, ``detect.is_stall``).
+    stall_after: float = 8.0
     save_debounce: float = 5.0
     blockpage_networks: tuple[Network, ...] = ()
     # Regex sources, searched (not full-matched) in Location and, UTF-8 encoded, the body.

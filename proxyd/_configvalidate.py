@@ -325,6 +325,7 @@ _LEARNING: dict[str, Reader] = {
     "retest_successes": _count(1),
     "weak_threshold": _count(1),
     "weak_window": _POSITIVE,
+    "stall_after": _POSITIVE,
     "save_debounce": _duration(positive=False),
     "blockpage_networks": _array(_network),
     "blockpage_fingerprints": _array(_fingerprint),

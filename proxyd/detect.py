@@ -14,6 +14,8 @@ Public API:
 - ``Fingerprints.compile(patterns, location=[...], body=[...], body_window=...)``:
   configured block page patterns (``re`` syntax, searched; a bad one raises ``re.error``).
 - ``sni_from_client_hello(data) -> str | None``.
+- ``is_stall(server_bytes, *, server_closed, silence, stall_after) -> bool``: a direct
+  tunnel that ended this way froze after some data (the "16 KB freeze"); weak evidence.
 - ``DnsPoisonDetector(blockpage_networks, *, same_address_threshold, window)`` with
   ``check(host, addresses, *, now)`` and ``note_blockpage_address(address)``.
 
@@ -141,6 +143,27 @@ def classify_dial_error(err: DialError) -> Reason:
 # --- TLS -------------------------------------------------------------------------------
 
 _HANDSHAKE, _ALERT = 0x16, 0x15
+# The "16 KB freeze": a filter lets a connection carry some server data (seen from 10 to
+# 25 KB, often about 16 KB) and then drops every server packet for good. The connection
+# cannot be told from an idle one by its bytes (they are encrypted), only by its shape:
+# that much data, then silence until the client gave up, the server never closing.
+STALL_MIN_BYTES = 10_000
+STALL_MAX_BYTES = 32 * 1024
+# A longer silence before the client closed is an idle keep-alive connection being
+# dropped by the browser (Firefox waits 115 s), not a transfer that froze.
+STALL_GIVE_UP_MAX = 60.0
+
+
+def is_stall(server_bytes: int, *, server_closed: bool, silence: float, stall_after: float) -> bool:
+    """A tunnel that carried ``server_bytes`` from the server, which then said nothing for
+    ``silence`` seconds until the tunnel ended: did it freeze?"""
+    return (
+        not server_closed
+        and STALL_MIN_BYTES <= server_bytes <= STALL_MAX_BYTES
+        and stall_after <= silence <= STALL_GIVE_UP_MAX
+    )
+
+
 _TLS_CONTENT_TYPES = range(0x14, 0x19)  # change_cipher_spec .. heartbeat
 _CLIENT_HELLO, _SERVER_HELLO = 1, 2
 _EXT_SERVER_NAME, _EXT_SUPPORTED_VERSIONS = 0, 43

@@ -126,6 +126,21 @@ class LearnedRoutes:
             )
         self._changed()
 
+    def direct_stalled(self, host: str, server_bytes: int) -> None:
+        """A direct tunnel to ``host`` froze after ``server_bytes`` (``detect.is_stall``)."""
+        self.stats.detection(Reason.STALL_AFTER_DATA)
+        log.debug("direct tunnel to %s stalled after %d bytes", host, server_bytes)
+        if self.table.record_stall(host, self.now):
+            log.info(
+                "%s: direct tunnels froze after some data %d times; the next ones go through "
+                "the upstreams to confirm the block",
+                host,
+                self.config.weak_threshold,
+            )
+
+    def stall_suspected(self, host: str) -> bool:
+        return self.table.stall_suspected(host, self.now)
+
     def confirm(self, host: str, reason: Reason, working_route: str) -> DomainState | None:
         """The control rule: ``working_route`` succeeded for the request direct failed."""
         entry = self.table.confirm_blocked(host, reason, working_route, self.now)

@@ -10,6 +10,7 @@ Public API:
 - ``LearningTable(...)``:
   ``lookup(host, now)``; ``record_direct_success(host, now)``;
   ``record_failure(host, route, reason, now)``;
+  ``record_stall(host, now) -> bool``, ``stall_suspected(host, now)``;
   ``confirm_blocked(host, reason, working_route, now) -> DomainState | None``;
   ``due_retests(now)``, ``record_retest(key, ok, now)``, ``next_timer(now)``;
   ``force(key, route, now)``, ``forget(key)``, ``adopt_list_entry(host, route, now)``;
@@ -25,6 +26,12 @@ The rules:
   attempt and, only if an alternative route then succeeded for the same request,
   ``confirm_blocked``. Strong reasons block at once; weak ones only once
   ``weak_threshold`` weak direct failures of the domain fell within ``weak_window``.
+- Stalls (the "16 KB freeze") cannot be rescued on their own connection, and every
+  frozen connection did get its first byte (a direct success), so they are counted apart
+  from other failures: ``weak_threshold`` stalls of a domain within ``weak_window`` make it
+  suspected for ``STALL_SUSPECT_FOR``, and routing then sends its next tunnels through an
+  upstream as the control; one that carries more server data than a freeze allows
+  confirms the block (``confirm_blocked`` with ``Reason.STALL_AFTER_DATA``).
 - Per-host exceptions: if another host of the same registrable domain succeeded direct
   recently (remembered in memory only, not persisted: that would be a browsing log), only
   the failing host is blocked; a whole-domain block would send working hosts through an
@@ -61,6 +68,9 @@ SCHEMA_VERSION = 1
 EVIDENCE_KEPT = 5
 _MEMORY_DOMAINS = 4096  # bound on the in-memory (unpersisted) per-domain bookkeeping
 _SIBLINGS_KEPT = 4
+# How long a domain whose direct tunnels froze stays routed through upstreams while a
+# tunnel there gets the chance to prove the block (in memory only).
+STALL_SUSPECT_FOR = 600.0
 
 
 class State(StrEnum):
@@ -130,6 +140,7 @@ class LearningTable:
         self._recent_failures: OrderedDict[str, deque[Evidence]] = OrderedDict()
         self._direct_ok_hosts: OrderedDict[str, deque[str]] = OrderedDict()
         self._outage_failures: dict[str, float] = {}
+        self._stalls: OrderedDict[str, deque[float]] = OrderedDict()
         self._paused = False
         self.generation = 0
 
@@ -147,6 +158,16 @@ class LearningTable:
     def is_paused(self, now: float) -> bool:
         """Whether the network-down gate holds learning (until the next direct success)."""
         return self._paused
+
+    def stall_suspected(self, host: str, now: float) -> bool:
+        """Whether direct tunnels to ``host``'s domain froze often enough, recently enough."""
+        stalls = self._stalls.get(registrable_domain(host))
+        return (
+            stalls is not None
+            and len(stalls) >= self._weak_threshold
+            and stalls[-1] - stalls[0] <= self._weak_window
+            and now - stalls[-1] <= STALL_SUSPECT_FOR
+        )
 
     def snapshot(self) -> list[DomainState]:
         return sorted(self._entries.values(), key=lambda entry: entry.key)
@@ -192,6 +213,17 @@ class LearningTable:
         if reason.is_outage_symptom:
             self._note_outage_symptom(domain, now)
 
+    def record_stall(self, host: str, now: float) -> bool:
+        """A direct tunnel to ``host`` froze after some data; True if that makes it suspected."""
+        if self._paused or is_local_destination(host):
+            return False
+        domain = registrable_domain(host)
+        stalls = self._stalls.pop(domain, deque(maxlen=self._weak_threshold))
+        stalls.append(now)
+        self._stalls[domain] = stalls
+        _trim(self._stalls)
+        return self.stall_suspected(host, now)
+
     def confirm_blocked(
         self, host: str, reason: Reason, working_route: str, now: float
     ) -> DomainState | None:
@@ -204,18 +236,24 @@ class LearningTable:
         if self._paused or reason.strength is Strength.NONE or is_local_destination(host):
             return None
         name, domain = normalise_host(host), registrable_domain(host)
-        recent = [
-            e for e in self._recent_failures.get(domain, ()) if now - e.at <= self._weak_window
-        ]
-        weak_count = sum(e.reason.strength is Strength.WEAK for e in recent)
-        if reason.strength is Strength.WEAK and weak_count < self._weak_threshold:
-            return None
-        if not any(e.reason is reason for e in recent):
-            recent.append(Evidence(reason, DIRECT, now))
+        if reason is Reason.STALL_AFTER_DATA:
+            if not self.stall_suspected(name, now):
+                return None
+            recent = [Evidence(reason, DIRECT, at) for at in self._stalls[domain]]
+        else:
+            recent = [
+                e for e in self._recent_failures.get(domain, ()) if now - e.at <= self._weak_window
+            ]
+            weak_count = sum(e.reason.strength is Strength.WEAK for e in recent)
+            if reason.strength is Strength.WEAK and weak_count < self._weak_threshold:
+                return None
+            if not any(e.reason is reason for e in recent):
+                recent.append(Evidence(reason, DIRECT, now))
         existing = self.lookup(name, now)
         if existing is not None and existing.source is Source.FORCED:
             return None
         self._recent_failures.pop(domain, None)
+        self._stalls.pop(domain, None)
         if existing is not None and existing.state is State.BLOCKED:
             updated = dataclasses.replace(
                 existing,

@@ -57,6 +57,7 @@ class _Pump:
         "eof",
         "grown",
         "in_pipe",
+        "last_read",
         "moved",
         "pipe_r",
         "pipe_w",
@@ -77,10 +78,13 @@ class _Pump:
         self.moved = 0
         self.eof = False
         self.writer_armed = False
+        # When src last woke us: learning tells a frozen tunnel by its final silence.
+        self.last_read = tunnel.loop.time()
 
     def on_readable(self) -> None:
         tunnel = self._tunnel
         tunnel.active = True
+        self.last_read = tunnel.loop.time()
         if self.pipe_w < 0:
             try:
                 self.pipe_r, self.pipe_w = _new_pipe(DEFAULT_PIPE_SIZE)
@@ -143,7 +147,7 @@ class _Pump:
             return
         with contextlib.suppress(OSError):
             self.dst.shutdown(socket.SHUT_WR)
-        self._tunnel.direction_finished()
+        self._tunnel.direction_finished(self)
 
     def close_pipe(self) -> None:
         if self.pipe_w >= 0:
@@ -156,6 +160,12 @@ class SpliceTunnel:
 
     ``done`` resolves to ``(client_to_server_bytes, server_to_client_bytes)``. The tunnel
     owns both sockets from start() on and closes them when it ends.
+
+    ``on_client_done(tunnel)`` is called when the client has finished sending (EOF) while
+    the server has not, and, failing that, as the tunnel ends; ``server_silence`` is then
+    how long the server had said nothing. Returning True ends the tunnel at once: a
+    server that will never speak again (a frozen tunnel) would otherwise hold it until
+    the idle timeout.
     """
 
     __slots__ = (
@@ -163,11 +173,12 @@ class SpliceTunnel:
         "_finished_directions",
         "_idle_handle",
         "_idle_timeout",
-        "_on_close",
+        "_on_client_done",
         "active",
         "client",
         "done",
         "down",
+        "ended_at",
         "loop",
         "server",
         "timed_out",
@@ -180,11 +191,12 @@ class SpliceTunnel:
         server: socket.socket,
         *,
         idle_timeout: float,
-        on_close: Callable[[SpliceTunnel], None] | None = None,
+        on_client_done: Callable[[SpliceTunnel], bool] | None = None,
     ) -> None:
         self.loop = asyncio.get_running_loop()
         self.client = client
         self.server = server
+        self.ended_at = 0.0
         self.up = _Pump(self, client, server)
         self.down = _Pump(self, server, client)
         self.done: asyncio.Future[tuple[int, int]] = self.loop.create_future()
@@ -194,7 +206,7 @@ class SpliceTunnel:
         self._idle_handle: asyncio.TimerHandle | None = None
         self._finished_directions = 0
         self._closed = False
-        self._on_close = on_close
+        self._on_client_done = on_client_done
 
     def start(self) -> asyncio.Future[tuple[int, int]]:
         self.loop.add_reader(self.up.src_fd, self.up.on_readable)
@@ -211,10 +223,20 @@ class SpliceTunnel:
         self.active = False
         self._idle_handle = self.loop.call_later(self._idle_timeout, self._check_idle)
 
-    def direction_finished(self) -> None:
+    @property
+    def server_silence(self) -> float:
+        """Seconds from the server's last bytes (or the start) to now or the tunnel's end."""
+        return (self.ended_at or self.loop.time()) - self.down.last_read
+
+    def direction_finished(self, pump: _Pump) -> None:
         self._finished_directions += 1
-        if self._finished_directions == 2:
+        # Only the client finishing first asks whether the server's silence is for good.
+        if self._finished_directions == 2 or (pump is self.up and self._client_done()):
             self._close()
+
+    def _client_done(self) -> bool:
+        callback, self._on_client_done = self._on_client_done, None
+        return callback is not None and callback(self)
 
     def abort(self, exc: BaseException | None = None) -> None:
         """End the tunnel at once (reset, idle, drain); ``exc`` is only the cause."""
@@ -225,6 +247,8 @@ class SpliceTunnel:
             return
         self._closed = True
         loop = self.loop
+        self.ended_at = loop.time()
+        self._client_done()
         for pump in (self.up, self.down):
             loop.remove_reader(pump.src_fd)
             loop.remove_writer(pump.dst_fd)
@@ -233,8 +257,6 @@ class SpliceTunnel:
             self._idle_handle.cancel()
         self.client.close()
         self.server.close()
-        if self._on_close is not None:
-            self._on_close(self)
         if not self.done.done():
             self.done.set_result((self.up.moved, self.down.moved))
 

@@ -26,7 +26,7 @@ from proxyd.desync import DesyncDialer
 from proxyd.dialers import Dialer, DirectDialer
 from proxyd.domains import is_local_destination, normalise_host, parse_ip, registrable_domain
 from proxyd.errors import DialError, Forbidden, UpstreamUnavailable
-from proxyd.learning import DIRECT, State
+from proxyd.learning import DIRECT, Source, State
 
 if TYPE_CHECKING:
     from proxyd.learned import LearnedRoutes
@@ -46,12 +46,15 @@ class MirrorHttpsUnavailable(UpstreamUnavailable):
 @dataclass(frozen=True, slots=True)
 class RoutePlan:
     """Routes to try in order. ``learn``: failures of the first are evidence and the rest
-    are its transparent fallback (the first visit); otherwise the rest are failover only."""
+    are its transparent fallback (the first visit); otherwise the rest are failover only.
+    ``stall_control``: direct tunnels froze; an upstream tunnel that carries more than a
+    freeze lets through confirms the block."""
 
     routes: tuple[Dialer, ...]
     why: str
     learn: bool = False
     isolation: str | None = None
+    stall_control: bool = False
 
     @property
     def first(self) -> Dialer:
@@ -145,6 +148,16 @@ class Router:
             if listed is not None:
                 # Visited list entries join the learned table, so re-tests can overturn them.
                 entry = learned.adopt_list_entry(host, listed[0] or _first_name(upstreams))
+        overridable = entry is None or (
+            entry.state is State.DIRECT and entry.source is not Source.FORCED
+        )
+        if overridable and upstreams and not plain_http and learned.stall_suspected(host):
+            return RoutePlan(
+                (*upstreams, self.direct),
+                f"{prefix}direct tunnels froze after some data: upstreams first, to confirm",
+                isolation=self._isolation(host),
+                stall_control=True,
+            )
         if entry is not None and entry.state is State.BLOCKED:
             evidence = ", ".join(sorted({e.reason.value for e in entry.evidence})) or entry.source
             why = f"{prefix}learned: {entry.key} blocked ({evidence}) since {_utc(entry.since)}"

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Callable
 
 from proxyd.accounting import RequestRecord, outcome_for
 from proxyd.desync import send_first
+from proxyd.detect import STALL_MAX_BYTES, Reason, is_stall
 from proxyd.dialers import Connection
 from proxyd.errors import ClientGone, DialError, UpstreamError
 from proxyd.firstvisit import TunnelReply, TunnelVisit, note_dial, note_dial_failure
+from proxyd.learning import DIRECT
 from proxyd.relay import SpliceTunnel
+from proxyd.routing import RoutePlan
 from proxyd.runtime import Runtime
 
 
@@ -88,14 +92,52 @@ async def run_tunnel(
         return
     record.up += len(visit.first_bytes)
     record.down += len(server_bytes)
-    await relay(rt, client, conn, record)
+    watch = _freeze_watch(rt, host, plan, conn.route, record)
+    await relay(rt, client, conn, record, on_client_done=watch)
+    # The control of a suspected freeze: an upstream carried more than a freeze lets through.
+    passed_freeze = record.down > STALL_MAX_BYTES and conn.route != DIRECT
+    if plan.stall_control and passed_freeze and rt.learned is not None:
+        rt.learned.confirm(host, Reason.STALL_AFTER_DATA, conn.route)
+
+
+def _freeze_watch(
+    rt: Runtime, host: str, plan: RoutePlan, route: str, record: RequestRecord
+) -> Callable[[SpliceTunnel], bool] | None:
+    """For a first visit that went direct: did the tunnel freeze (``detect.is_stall``)?"""
+    learned = rt.learned
+    if learned is None or not learned.config.enabled or not plan.learn or route != DIRECT:
+        return None
+
+    def client_done(tunnel: SpliceTunnel) -> bool:
+        server_bytes = record.down + tunnel.down.moved
+        stalled = is_stall(
+            server_bytes,
+            server_closed=tunnel.down.eof,
+            silence=tunnel.server_silence,
+            stall_after=learned.config.stall_after,
+        )
+        if stalled:
+            learned.direct_stalled(host, server_bytes)
+        return stalled
+
+    return client_done
 
 
 async def relay(
-    rt: Runtime, client: socket.socket, conn: Connection, record: RequestRecord
+    rt: Runtime,
+    client: socket.socket,
+    conn: Connection,
+    record: RequestRecord,
+    *,
+    on_client_done: Callable[[SpliceTunnel], bool] | None = None,
 ) -> None:
     """Splice until the tunnel ends; the request counts as "ok" from its start."""
-    tunnel = SpliceTunnel(client, conn.sock, idle_timeout=rt.config.limits.idle_timeout)
+    tunnel = SpliceTunnel(
+        client,
+        conn.sock,
+        idle_timeout=rt.config.limits.idle_timeout,
+        on_client_done=on_client_done,
+    )
     stats = rt.stats
     stats.tunnel_opened(conn.route)
     record.outcome = "ok"

@@ -9,6 +9,8 @@
   198.18.0.0/15, e.g. a SOCKS server's).
 - ``poison_dns(name, address=BLOCK_PAGE_IP)``: the ISP resolver answers ``address``.
 - ``redirect_http(name)``: DNAT the site's port 80 to the 302 responder.
+- ``freeze(name)``: let each HTTPS connection of the site carry ``FREEZE_AFTER`` bytes
+  from the server, then drop the rest, FIN included (conntrack's byte counter).
 - ``unblock(target)``: lift everything applied to ``target``;
   ``apply(wanted)`` / ``restore_defaults()`` bring the rule set to a given state.
 - Counters (ints, packets since the rule was added): ``hits(target)`` for the censor's
@@ -29,7 +31,15 @@ from dataclasses import dataclass
 
 from lab_dns import IspResolver
 from lab_netns import LabError, Netns
-from lab_sites import BLOCK_PAGE_IP, CLIENT_IP, REDIRECT_IP, SITES, Censorship, site_named
+from lab_sites import (
+    BLOCK_PAGE_IP,
+    CLIENT_IP,
+    FREEZE_AFTER,
+    REDIRECT_IP,
+    SITES,
+    Censorship,
+    site_named,
+)
 
 _LAB_NETWORK = ipaddress.ip_network("198.18.0.0/15")
 _COUNTER_LINE = re.compile(r"^\s*(\d+)\s+\d+\s.*/\* (.+?) \*/")
@@ -137,6 +147,12 @@ class Censor:
         jump = ["-j", "DNAT", "--to-destination", f"{REDIRECT_IP}:80"]
         self._add(Censorship.REDIRECT, name, "nat", "censor-nat", match, jump)
 
+    def freeze(self, name: str) -> None:
+        match = ("-p", "tcp", "-s", _address_of(name), "--sport", "443", "-m", "connbytes")
+        match += ("--connbytes", f"{FREEZE_AFTER}:", "--connbytes-dir", "reply")
+        match += ("--connbytes-mode", "bytes")
+        self._add(Censorship.FREEZE, name, "filter", "censor", match, ["-j", "DROP"])
+
     def poison_dns(self, name: str, address: str = BLOCK_PAGE_IP) -> None:
         # The resolver does the poisoning; this rule only counts the queries it answers.
         match: tuple[str, ...] = ("-s", CLIENT_IP, "-p", "udp", "--dport", "53")
@@ -184,6 +200,7 @@ class Censor:
             Censorship.BLACKHOLE: self.blackhole,
             Censorship.DNS_POISON: self.poison_dns,
             Censorship.REDIRECT: self.redirect_http,
+            Censorship.FREEZE: self.freeze,
         }[kind](key)
 
     def _add(

@@ -31,6 +31,8 @@ BLOCK_PAGE_HOST = "blocked.gov.example"
 BLOCK_PAGE_TEXT = "Blocked by order of the authorities"
 REDIRECT_LOCATION = f"http://{BLOCK_PAGE_HOST}/"
 SLOW_DELAY = 0.8
+# The "16 KB freeze": bytes (IP packets included) a connection's server side may send.
+FREEZE_AFTER = 16 * 1024
 
 
 class Censorship(enum.Enum):
@@ -41,6 +43,7 @@ class Censorship(enum.Enum):
     BLACKHOLE = "blackhole"  # every packet to the site's address silently dropped
     DNS_POISON = "dns"  # the ISP resolver answers with the block-page address
     REDIRECT = "redirect"  # port 80 DNATed to a responder sending 302 to the block page
+    FREEZE = "freeze"  # HTTPS from the site dropped for good after FREEZE_AFTER bytes
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,7 @@ SITES: tuple[Site, ...] = (
     ),
     Site("mirror.example", "198.18.2.21"),
     Site("gone-mirror.example", "198.18.2.22", listening=False),
+    Site("freeze.example", "198.18.2.23", (Censorship.FREEZE,)),
 )
 
 

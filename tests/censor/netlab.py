@@ -323,6 +323,9 @@ class NetLab:
             f"addr add {INTERNET_IP}/24 dev to-isp",
             f"addr add {SOCKS_IP}/32 dev to-isp",
             *(f"addr add {site.address}/32 dev to-isp" for site in SITES),
+            # One segment per packet, as on a real uplink: the censor's byte-counting
+            # freeze must cut inside a response, not drop a 64 KB GSO burst whole.
+            "link set to-isp gso_max_segs 1",
             "link set to-isp up",
             f"route add default via {ISP_INTERNET_SIDE}",
         )

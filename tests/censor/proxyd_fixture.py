@@ -1,7 +1,7 @@
 """A real proxyd inside the lab's client namespace, and curl through it.
 
 - ``proxyd_config(upstreams, *, race_after=, retest_initial=, retest_max=,
-  health_interval=) -> str``: the TOML of issue 3's acceptance runs; ``upstreams`` are
+  health_interval=, stall_after=) -> str``: the TOML of issue 3's acceptance runs; ``upstreams`` are
   ``(name, url)`` pairs in priority order; ``**NO_RETEST_SOON`` for tests that count
   the censor's packets.
 - ``ProxydLauncher(lab, tmp_path)`` (the ``launch_proxyd`` fixture):
@@ -65,6 +65,7 @@ def proxyd_config(
     retest_initial: str = "2s",
     retest_max: str = "4s",
     health_interval: str = "500ms",
+    stall_after: str = "8s",
 ) -> str:
     tables = [
         f'[[upstream]]\nname = "{name}"\nurl = "{url}"\nhealth_interval = "{health_interval}"\n'
@@ -76,6 +77,7 @@ def proxyd_config(
             "[learning]",
             f'race_after = "{race_after}"',
             'first_byte_timeout = "3s"',
+            f'stall_after = "{stall_after}"',
             f'retest_initial = "{retest_initial}"',
             f'retest_max = "{retest_max}"',
             'save_debounce = "200ms"',

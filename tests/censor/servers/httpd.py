@@ -4,7 +4,8 @@
              [--origin ADDR ...] [--mirror ADDR ...] [--block-page ADDR] [--redirect ADDR]
 
 - ``--origin ADDR``: an origin on ADDR:80 (and ADDR:443 with ``--cert``/``--key``) that
-  answers ``origin HOST PATH``; on a ``--slow`` address only after ``--slow-delay``.
+  answers ``origin HOST PATH`` (``/bytes/N``: N bytes of a repeated 0-9a-f pattern); on a
+  ``--slow`` address only after ``--slow-delay``.
 - ``--mirror ADDR``: a mirror site on ADDR:80 (and 443), see ``_mirror``.
 - ``--block-page ADDR``: ADDR:80 answers every request with the ISP's block page.
 - ``--redirect ADDR``: ADDR:80 answers every request with a 302 to the block page.
@@ -62,9 +63,17 @@ def _origin(slow_addresses: set[str], slow_delay: float) -> Handler:
         if sockname and sockname[0] in slow_addresses:
             await asyncio.sleep(slow_delay)
         host = request.host.rsplit(":", 1)[0]
+        size = request.path.removeprefix("/bytes/")
+        if size != request.path and size.isdigit():
+            return web.Response(body=_pattern(int(size)), content_type="application/octet-stream")
         return web.Response(text=f"origin {host} {request.raw_path}\n")
 
     return answer
+
+
+def _pattern(size: int) -> bytes:
+    """``/bytes/N``: N bytes a client can check without the server's help."""
+    return (b"0123456789abcdef" * (size // 16 + 1))[:size]
 
 
 async def _mirror(request: web.Request) -> web.StreamResponse:

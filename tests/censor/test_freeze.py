@@ -1,0 +1,80 @@
+"""The "16 KB freeze" (DESIGN §4, weak evidence): the censor lets each HTTPS connection to
+freeze.example carry 16 KiB from the server, then drops everything after it, FIN included.
+
+A frozen connection cannot be rescued: its first bytes arrived, so the transparent retry
+has nothing to replay, and the client gives up on its own (curl's --max-time here). What
+proxyd learns is the shape: that much data, then silence until the client left. Two such
+stalls within the weak window send the domain's next tunnels through the upstream, and
+the one that carries more than a freeze lets through confirms the block; from then on
+the domain goes straight through the upstream.
+"""
+
+from __future__ import annotations
+
+import re
+
+from lab_sites import CLIENT_IP, FREEZE_AFTER, SOCKS_IP
+from netlab import NetLab
+from proxyd_fixture import (
+    NO_RETEST_SOON,
+    ProxydLauncher,
+    curl_via,
+    learned,
+    proxyd_config,
+    unique_path,
+)
+
+SIZE = 200_000  # far past the freeze
+CURL_GAVE_UP = 28  # curl: operation timed out
+SUSPECTED = re.compile(r"freeze\.example: direct tunnels froze after some data 2 times")
+
+
+def pattern(size: int) -> str:
+    """What the lab origin's /bytes/N answers."""
+    return ("0123456789abcdef" * (size // 16 + 1))[:size]
+
+
+def test_frozen_site_moves_to_the_upstream_after_two_stalls_and_is_then_learned_blocked(
+    netlab: NetLab, launch_proxyd: ProxydLauncher
+) -> None:
+    config = proxyd_config([("tor", netlab.socks.url)], stall_after="1s", **NO_RETEST_SOON)
+    proxy = launch_proxyd.start(config)
+    for _ in range(2):
+        path = f"/bytes/{SIZE}?{unique_path()[1:]}"
+        mark = netlab.origin_mark()
+        frozen = curl_via(netlab, proxy, f"https://freeze.example{path}", max_time=3)
+        assert frozen.exit_code == CURL_GAVE_UP, (frozen.stderr, proxy.log_text())
+        # The first TLS record of the answer (16 KiB) never arrives whole: curl has no
+        # byte of it, though the request reached the origin directly.
+        assert frozen.http_connect == 200 and len(frozen.body) < FREEZE_AFTER
+        netlab.wait_for_origin(host="freeze.example", path=path, peer_ip=CLIENT_IP, since=mark)
+    proxy.wait_for_log(SUSPECTED)
+    assert not learned("freeze.example").search(proxy.log_text())  # no control yet
+
+    syns = netlab.censor.direct_syns("freeze.example")
+    path = f"/bytes/{SIZE}?{unique_path()[1:]}"
+    mark = netlab.origin_mark()
+    control = curl_via(netlab, proxy, f"https://freeze.example{path}")
+    assert control.exit_code == 0, (control.stderr, proxy.log_text())
+    assert control.body == pattern(SIZE)
+    netlab.wait_for_origin(host="freeze.example", path=path, peer_ip=SOCKS_IP, since=mark)
+    match = proxy.wait_for_log(learned("freeze.example"))
+    assert match.group(1) == "stall_after_data" and match.group(2) == "tor"
+
+    again = curl_via(netlab, proxy, f"https://freeze.example/bytes/{SIZE}?{unique_path()[1:]}")
+    assert again.exit_code == 0 and again.body == pattern(SIZE)
+    assert netlab.censor.direct_syns("freeze.example") == syns  # never direct again
+
+
+def test_open_site_answering_the_same_bytes_is_never_suspected(
+    netlab: NetLab, launch_proxyd: ProxydLauncher
+) -> None:
+    config = proxyd_config([("tor", netlab.socks.url)], stall_after="1s", **NO_RETEST_SOON)
+    proxy = launch_proxyd.start(config)
+    for _ in range(3):
+        path = f"/bytes/{SIZE}?{unique_path()[1:]}"
+        mark = netlab.origin_mark()
+        done = curl_via(netlab, proxy, f"https://open.example{path}")
+        assert done.exit_code == 0 and done.body == pattern(SIZE)
+        netlab.wait_for_origin(host="open.example", path=path, peer_ip=CLIENT_IP, since=mark)
+    assert "froze" not in proxy.log_text()
