@@ -18,6 +18,7 @@ from pathlib import Path
 from proxyd import http1
 from proxyd.config import LearningConfig
 from proxyd.detect import (
+    STALL_MAX_BYTES,
     DnsPoisonDetector,
     Fingerprints,
     Reason,
@@ -286,9 +287,13 @@ class LearnedRoutes:
             if entry is None:
                 return
             host = entry.probe_host
+            timeout = self._connect_timeout
+            froze = any(e.reason is Reason.STALL_AFTER_DATA for e in entry.evidence)
             results = await asyncio.gather(
-                probe_tls(direct, host, self._connect_timeout, self.classify),
-                probe_http(direct, host, self._connect_timeout, self.classify),
+                probe_tls_transfer(direct, host, timeout, self.config.stall_after)
+                if froze
+                else probe_tls(direct, host, timeout, self.classify),
+                probe_http(direct, host, timeout, self.classify),
             )
             failure = next((r for r in results if r is not None), None)
             self.stats.retest_done("ok" if failure is None else "blocked")
@@ -377,6 +382,46 @@ async def probe_tls(
         return None
 
     return await _probe(direct, host, 443, timeout, exchange)
+
+
+async def probe_tls_transfer(
+    direct: DirectDialer, host: str, timeout: float, stall_after: float
+) -> Reason | None:
+    """``GET /`` over TLS, read until more arrived than a freeze lets through.
+
+    A freeze lets the handshake through, so only a transfer can show it lifted. A front
+    page too small to pass the freeze proves nothing and counts as still frozen: better
+    a domain kept on its upstream than one sent back to break twice more.
+    """
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    request = (
+        f"GET / HTTP/1.1\r\nHost: {host}\r\nAccept-Encoding: identity\r\nConnection: close\r\n\r\n"
+    ).encode()
+
+    async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Reason | None:
+        try:
+            await writer.start_tls(context, server_hostname=host)
+        except ssl.SSLError:
+            return Reason.TLS_ALERT_AFTER_HELLO
+        except asyncio.IncompleteReadError:
+            return Reason.EOF_BEFORE_RESPONSE
+        writer.write(request)
+        await writer.drain()
+        received = 0
+        while received <= STALL_MAX_BYTES:
+            try:
+                async with asyncio.timeout(stall_after):
+                    chunk = await reader.read(STALL_MAX_BYTES)
+            except TimeoutError:
+                return Reason.STALL_AFTER_DATA
+            if not chunk:
+                return Reason.STALL_AFTER_DATA
+            received += len(chunk)
+        return None
+
+    return await _probe(direct, host, 443, timeout + stall_after, exchange)
 
 
 async def probe_http(

@@ -21,8 +21,11 @@ from proxyd_fixture import (
     curl_via,
     learned,
     proxyd_config,
+    retest_direct,
     unique_path,
 )
+
+from tests.support.proc import Proxyd
 
 SIZE = 200_000  # far past the freeze
 CURL_GAVE_UP = 28  # curl: operation timed out
@@ -34,11 +37,8 @@ def pattern(size: int) -> str:
     return ("0123456789abcdef" * (size // 16 + 1))[:size]
 
 
-def test_frozen_site_moves_to_the_upstream_after_two_stalls_and_is_then_learned_blocked(
-    netlab: NetLab, launch_proxyd: ProxydLauncher
-) -> None:
-    config = proxyd_config([("tor", netlab.socks.url)], stall_after="1s", **NO_RETEST_SOON)
-    proxy = launch_proxyd.start(config)
+def learn_the_freeze(netlab: NetLab, proxy: Proxyd) -> None:
+    """Two frozen visits, then the control through the upstream: freeze.example blocked."""
     for _ in range(2):
         path = f"/bytes/{SIZE}?{unique_path()[1:]}"
         mark = netlab.origin_mark()
@@ -50,20 +50,47 @@ def test_frozen_site_moves_to_the_upstream_after_two_stalls_and_is_then_learned_
         netlab.wait_for_origin(host="freeze.example", path=path, peer_ip=CLIENT_IP, since=mark)
     proxy.wait_for_log(SUSPECTED)
     assert not learned("freeze.example").search(proxy.log_text())  # no control yet
-
-    syns = netlab.censor.direct_syns("freeze.example")
     path = f"/bytes/{SIZE}?{unique_path()[1:]}"
     mark = netlab.origin_mark()
     control = curl_via(netlab, proxy, f"https://freeze.example{path}")
     assert control.exit_code == 0, (control.stderr, proxy.log_text())
     assert control.body == pattern(SIZE)
+    # The control went through the upstream, not direct.
     netlab.wait_for_origin(host="freeze.example", path=path, peer_ip=SOCKS_IP, since=mark)
     match = proxy.wait_for_log(learned("freeze.example"))
     assert match.group(1) == "stall_after_data" and match.group(2) == "tor"
 
+
+def test_frozen_site_moves_to_the_upstream_after_two_stalls_and_is_then_learned_blocked(
+    netlab: NetLab, launch_proxyd: ProxydLauncher
+) -> None:
+    config = proxyd_config([("tor", netlab.socks.url)], stall_after="1s", **NO_RETEST_SOON)
+    proxy = launch_proxyd.start(config)
+    learn_the_freeze(netlab, proxy)
+    syns = netlab.censor.direct_syns("freeze.example")
     again = curl_via(netlab, proxy, f"https://freeze.example/bytes/{SIZE}?{unique_path()[1:]}")
     assert again.exit_code == 0 and again.body == pattern(SIZE)
     assert netlab.censor.direct_syns("freeze.example") == syns  # never direct again
+
+
+def test_retest_transfers_past_the_freeze_before_the_domain_goes_back_to_direct(
+    netlab: NetLab, launch_proxyd: ProxydLauncher
+) -> None:
+    # A handshake-only re-test would pass the freeze and send the domain back to break.
+    config = proxyd_config(
+        [("tor", netlab.socks.url)], stall_after="1s", retest_initial="1s", retest_max="2s"
+    )
+    proxy = launch_proxyd.start(config, "--log-level", "debug")
+    learn_the_freeze(netlab, proxy)
+    proxy.wait_for_log(re.compile(r"retest freeze\.example: still blocked \(stall_after_data\)"))
+    assert not retest_direct("freeze.example").search(proxy.log_text())
+    netlab.censor.unblock("freeze.example")
+    proxy.wait_for_log(retest_direct("freeze.example"))
+    path = f"/bytes/{SIZE}?{unique_path()[1:]}"
+    mark = netlab.origin_mark()
+    direct = curl_via(netlab, proxy, f"https://freeze.example{path}")
+    assert direct.exit_code == 0 and direct.body == pattern(SIZE)
+    netlab.wait_for_origin(host="freeze.example", path=path, peer_ip=CLIENT_IP, since=mark)
 
 
 def test_open_site_answering_the_same_bytes_is_never_suspected(

@@ -4,8 +4,8 @@
              [--origin ADDR ...] [--mirror ADDR ...] [--block-page ADDR] [--redirect ADDR]
 
 - ``--origin ADDR``: an origin on ADDR:80 (and ADDR:443 with ``--cert``/``--key``) that
-  answers ``origin HOST PATH`` (``/bytes/N``: N bytes of a repeated 0-9a-f pattern); on a
-  ``--slow`` address only after ``--slow-delay``.
+  answers ``origin HOST PATH`` (``/bytes/N``: N bytes of a repeated 0-9a-f pattern, as is
+  freeze.example's front page, 64 KiB); on a ``--slow`` address only after ``--slow-delay``.
 - ``--mirror ADDR``: a mirror site on ADDR:80 (and 443), see ``_mirror``.
 - ``--block-page ADDR``: ADDR:80 answers every request with the ISP's block page.
 - ``--redirect ADDR``: ADDR:80 answers every request with a 302 to the block page.
@@ -32,6 +32,8 @@ from aiohttp import web
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from lab_mirror import BIG_BLOCK, BIG_BLOCKS, MIRROR_CSS, mirror_page
 from lab_sites import BLOCK_PAGE_TEXT, REDIRECT_LOCATION
+
+FREEZE_HOST = "freeze.example"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -66,6 +68,9 @@ def _origin(slow_addresses: set[str], slow_delay: float) -> Handler:
         size = request.path.removeprefix("/bytes/")
         if size != request.path and size.isdigit():
             return web.Response(body=_pattern(int(size)), content_type="application/octet-stream")
+        if host == FREEZE_HOST and request.path == "/":
+            # A front page big enough that a re-test's GET / shows whether a freeze is on.
+            return web.Response(body=_pattern(64 * 1024), content_type="text/plain")
         return web.Response(text=f"origin {host} {request.raw_path}\n")
 
     return answer
