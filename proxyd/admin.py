@@ -1,9 +1,11 @@
 """The admin listener: metrics, health, the learned table, the PAC file and a status page.
 
-An aiohttp app on its own listener (default 127.0.0.1:9477). It reveals browsing
-history, so it answers only clients the proxy itself would serve (loopback or the
-``allow`` networks), optionally only with a bearer token, and only under Host names that
-cannot be a DNS-rebinding attack (IP literals and local names such as ``router.lan``).
+An aiohttp app (``proxyd.admin_app``) on its own listener (default 127.0.0.1:9477),
+made on the first connection: until someone asks, the daemon does not load aiohttp or
+prometheus-client, about half of its idle memory. It reveals browsing history, so it
+answers only clients the proxy itself would serve (loopback or the ``allow`` networks),
+optionally only with a bearer token, and only under Host names that cannot be a
+DNS-rebinding attack (IP literals and local names such as ``router.lan``).
 
 Routes: ``GET /metrics``, ``GET /healthz`` (200 "ok", or 503 with one reason per line),
 ``GET /api/routes?state=&q=``, ``PUT /api/routes/{domain}`` with ``{"route": NAME}``
@@ -15,57 +17,42 @@ Public API:
 
 - ``AdminContext``: everything the app reads, as values and zero-argument callables so
   that a reload (new allow-list, upstreams, listeners) is seen at once; implements
-  ``metrics.MetricSources``. Built by the daemon with ``daemon_context``, or directly in
+  ``stats.MetricSources``. Built by the daemon with ``daemon_context``, or directly in
   tests.
 - ``LearningService``: what the app needs of ``learned.LearnedRoutes`` (``table``,
   ``force(key, route)``, ``forget(key)``).
 - ``health_problems(ctx) -> list[str]``: why the daemon is unhealthy (empty if it is not).
-- ``make_app(ctx) -> web.Application``.
 - ``AdminServer(ctx)``: ``await start(sock)`` on a bound listening socket (logs
-  "admin listening on HOST:PORT"), ``addresses``, ``await stop()``.
+  "admin listening on HOST:PORT" at once; the app starts with the first connection),
+  ``addresses``, ``await stop()``.
+- ``daemon_context(server, learned) -> AdminContext``: the running daemon's context.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hmac
-import json
+import asyncio
 import logging
 import socket
 import time
-from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from aiohttp import web
-
-from proxyd import admin_page, metrics, pac
 from proxyd.access import AccessPolicy
 from proxyd.desync import ROUTE as DESYNC
-from proxyd.domains import is_local_destination, normalise_host, parse_ip
-from proxyd.learning import DIRECT, DomainState, LearningTable, State
+from proxyd.learning import DIRECT, DomainState, LearningTable
 from proxyd.mirror import MirrorStatus
-from proxyd.stats import Stats
+from proxyd.stats import Stats, UpstreamHealth
 
 if TYPE_CHECKING:
+    from aiohttp import web
+
     from proxyd.learned import LearnedRoutes
     from proxyd.server import ProxyServer
 
 log = logging.getLogger("proxyd.admin")
 
 Address = tuple[str, int]
-MAX_BODY = 16 * 1024
-_STATES = {s.value for s in State}
-_PAGE_HEADERS = {
-    # The page has no script and loads nothing: forbid everything but its inline style.
-    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:",
-    "X-Frame-Options": "DENY",
-}
-_COMMON_HEADERS = {
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-    "Cache-Control": "no-store",
-}
 
 
 class LearningService(Protocol):
@@ -80,7 +67,7 @@ class LearningService(Protocol):
 _loopback_only = AccessPolicy((), {}).client_allowed
 
 
-def _nothing() -> list[metrics.UpstreamHealth]:
+def _nothing() -> list[UpstreamHealth]:
     return []
 
 
@@ -91,7 +78,7 @@ class AdminContext:
     started_at: float = field(default_factory=time.time)
     client_allowed: Callable[[str], bool] = _loopback_only
     learning: LearningService | None = None
-    upstream_status: Callable[[], Iterable[metrics.UpstreamHealth]] = _nothing
+    upstream_status: Callable[[], Iterable[UpstreamHealth]] = _nothing
     mirror_status: Callable[[], Sequence[MirrorStatus]] = list
     route_names: Callable[[], Collection[str]] = lambda: (DIRECT,)  # valid for PUT
     explain: Callable[[str, int], Mapping[str, Any]] | None = None
@@ -100,7 +87,7 @@ class AdminContext:
     clock: Callable[[], float] = time.time
     admin_addresses: list[Address] = field(default_factory=list)  # set by AdminServer
 
-    # -- metrics.MetricSources ------------------------------------------------------------
+    # -- stats.MetricSources --------------------------------------------------------------
 
     def learned_entries(self) -> Sequence[DomainState]:
         return self.learning.table.snapshot() if self.learning is not None else []
@@ -108,7 +95,7 @@ class AdminContext:
     def learning_paused(self) -> bool:
         return self.learning is not None and self.learning.table.is_paused(self.clock())
 
-    def upstream_health(self) -> Sequence[metrics.UpstreamHealth]:
+    def upstream_health(self) -> Sequence[UpstreamHealth]:
         return list(self.upstream_status())
 
 
@@ -126,210 +113,66 @@ def health_problems(ctx: AdminContext) -> list[str]:
     return problems
 
 
-def entry_json(entry: DomainState) -> dict[str, Any]:
-    return dataclasses.asdict(entry)  # StrEnum values serialise as their strings
-
-
-def _json(data: Any, status: int = 200) -> web.Response:
-    return web.json_response(data, status=status, dumps=lambda d: json.dumps(d, indent=1))
-
-
-def _error(status: int, message: str) -> web.Response:
-    return _json({"error": message}, status)
-
-
-def _acceptable_host(host_header: str) -> bool:
-    """Names an attacker's web page cannot make a browser send here via DNS rebinding."""
-    name = host_header.strip().lower()
-    if name.startswith("["):
-        name = name[1 : name.find("]")] if "]" in name else ""
-    elif name.count(":") == 1:
-        name = name.partition(":")[0]
-    return bool(name) and (parse_ip(name) is not None or is_local_destination(name))
-
-
-def _valid_key(raw: str) -> str | None:
-    key = normalise_host(raw)
-    return key if parse_ip(key) is not None or pac.DOMAIN_PATTERN.fullmatch(key) else None
-
-
-class _Handlers:
-    def __init__(self, ctx: AdminContext) -> None:
-        self.ctx = ctx
-        self.registry = metrics.build_registry(ctx)
-
-    @web.middleware
-    async def guard(
-        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-    ) -> web.StreamResponse:
-        peer = request.transport.get_extra_info("peername") if request.transport else None
-        if not peer or not self.ctx.client_allowed(str(peer[0])):
-            return web.Response(status=403, text="proxyd: client not allowed\n")
-        if not _acceptable_host(request.host):
-            return web.Response(status=421, text="proxyd: use an IP address or a local name\n")
-        token = self.ctx.token()
-        if (
-            token is not None
-            and request.path != "/healthz"
-            and not self._authorised(request, token)
-        ):
-            return web.Response(
-                status=401,
-                text="proxyd: admin token required\n",
-                headers={"WWW-Authenticate": 'Bearer realm="proxyd"'},
-            )
-        response = await handler(request)
-        response.headers.update(_COMMON_HEADERS)
-        return response
-
-    @staticmethod
-    def _authorised(request: web.Request, token: str) -> bool:
-        # The query form is for what cannot send headers: a browser's PAC URL setting.
-        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer":
-            given = request.query.get("token", "")
-        return hmac.compare_digest(given.strip().encode(), token.encode())
-
-    async def metrics(self, request: web.Request) -> web.Response:
-        if not self.ctx.stats.enabled:
-            return web.Response(status=404, text="proxyd: metrics are off (metrics = false)\n")
-        body = metrics.exposition(self.registry)
-        return web.Response(body=body, headers={"Content-Type": metrics.CONTENT_TYPE})
-
-    async def healthz(self, request: web.Request) -> web.Response:
-        problems = health_problems(self.ctx)
-        if not problems:
-            return web.Response(text="ok\n")
-        return web.Response(status=503, text="".join(f"{p}\n" for p in problems))
-
-    async def list_routes(self, request: web.Request) -> web.Response:
-        state = request.query.get("state", "")
-        if state and state not in _STATES:
-            return _error(400, f"state must be one of {', '.join(sorted(_STATES))}")
-        needle = request.query.get("q", "").strip().lower()
-        entries = [
-            entry_json(e)
-            for e in self.ctx.learned_entries()
-            if (not state or e.state.value == state) and needle in e.key
-        ]
-        return _json({"entries": entries, "learning_paused": self.ctx.learning_paused()})
-
-    async def set_route(self, request: web.Request) -> web.Response:
-        learning, key = self.ctx.learning, _valid_key(request.match_info["domain"])
-        if learning is None:
-            return _error(503, "learning is not running")
-        if key is None:
-            return _error(400, "not a domain name or IP address")
-        try:
-            body = await request.json()
-        except ValueError:
-            return _error(400, 'the body must be JSON like {"route": "direct"}')
-        route = body.get("route") if isinstance(body, dict) else None
-        names = self.ctx.route_names()
-        if not isinstance(route, str) or route not in names:
-            return _error(400, f"route must be one of {', '.join(sorted(names))}")
-        entry = learning.force(key, route)
-        log.info("admin: %s forced to %s", entry.key, route)
-        return _json(entry_json(entry))
-
-    async def forget_route(self, request: web.Request) -> web.Response:
-        learning, key = self.ctx.learning, _valid_key(request.match_info["domain"])
-        if learning is None:
-            return _error(503, "learning is not running")
-        if key is None:
-            return _error(400, "not a domain name or IP address")
-        if not learning.forget(key):
-            return _error(404, f"{key} is not in the learned table")
-        log.info("admin: %s forgotten", key)
-        return _json({"forgotten": key})
-
-    async def upstreams(self, request: web.Request) -> web.Response:
-        return _json(
-            {
-                "upstreams": [
-                    {"name": u.name, "up": bool(u.up), "latency": u.latency, "error": u.last_error}
-                    for u in self.ctx.upstream_health()
-                ]
-            }
-        )
-
-    async def mirrors(self, request: web.Request) -> web.Response:
-        return _json({"mirrors": [dataclasses.asdict(m) for m in self.ctx.mirror_status()]})
-
-    async def explain(self, request: web.Request) -> web.Response:
-        if self.ctx.explain is None:
-            return _error(503, "route explanations are not available")
-        host = request.query.get("host", "").strip()
-        if not host or len(host) > 253:
-            return _error(400, "give ?host=NAME")
-        port = request.query.get("port", "443")
-        if not port.isdigit() or not 0 < int(port) < 65536:
-            return _error(400, "give ?port= as a number from 1 to 65535")
-        try:
-            return _json(dict(self.ctx.explain(host, int(port))))
-        except ValueError as err:
-            return _error(400, str(err))
-
-    async def proxy_pac(self, request: web.Request) -> web.Response:
-        proxy = pac.pac_proxy_endpoint(request.host, self.ctx.proxy_addresses())
-        if proxy is None:
-            return web.Response(status=503, text="proxyd: the proxy is not listening\n")
-        direct = [e.key for e in self.ctx.learned_entries() if e.state is State.DIRECT]
-        return web.Response(
-            text=pac.render_pac(proxy, direct), headers={"Content-Type": pac.CONTENT_TYPE}
-        )
-
-    async def status_page(self, request: web.Request) -> web.Response:
-        ctx = self.ctx
-        page = admin_page.render_status_page(
-            now=ctx.clock(),
-            started_at=ctx.started_at,
-            stats=ctx.stats,
-            proxy_addresses=ctx.proxy_addresses(),
-            upstreams=ctx.upstream_health(),
-            entries=ctx.learned_entries(),
-            problems=health_problems(ctx),
-            mirrors=ctx.mirror_status(),
-        )
-        headers = {"Content-Type": "text/html; charset=utf-8", **_PAGE_HEADERS}
-        return web.Response(text=page, headers=headers)
-
-
-def make_app(ctx: AdminContext) -> web.Application:
-    h = _Handlers(ctx)
-    app = web.Application(middlewares=[h.guard], client_max_size=MAX_BODY)
-    app.router.add_get("/", h.status_page)
-    app.router.add_get("/metrics", h.metrics)
-    app.router.add_get("/healthz", h.healthz)
-    app.router.add_get("/proxy.pac", h.proxy_pac)
-    app.router.add_get("/api/routes", h.list_routes)
-    app.router.add_put("/api/routes/{domain}", h.set_route)
-    app.router.add_delete("/api/routes/{domain}", h.forget_route)
-    app.router.add_get("/api/upstreams", h.upstreams)
-    app.router.add_get("/api/explain", h.explain)
-    app.router.add_get("/api/mirrors", h.mirrors)
-    return app
-
-
 class AdminServer:
+    """The admin listener, whose aiohttp app is made on its first connection.
+
+    Until then the bound socket only waits in the loop's reader set: a connection stays
+    in the listen backlog while ``admin_app`` is imported and the app started on the same
+    socket, then is served like any other.
+    """
+
     def __init__(self, ctx: AdminContext) -> None:
         self._ctx = ctx
-        self._runner = web.AppRunner(make_app(ctx), access_log=None, shutdown_timeout=2.0)
+        self._sock: socket.socket | None = None
+        self._starting: asyncio.Task[None] | None = None
+        self._runner: web.AppRunner | None = None
 
     async def start(self, sock: socket.socket) -> None:
         """Serve on ``sock``, a bound listening socket (ours or systemd's); takes it over."""
-        await self._runner.setup()
-        await web.SockSite(self._runner, sock).start()
+        sock.setblocking(False)
+        self._sock = sock
         host, port = sock.getsockname()[:2]
         self._ctx.admin_addresses[:] = [(str(host), int(port))]
+        asyncio.get_running_loop().add_reader(sock.fileno(), self._first_connection)
         log.info("admin listening on %s:%d", host, port)
+
+    def _first_connection(self) -> None:
+        # Called by the loop while a connection waits; removing the reader first means
+        # connections arriving together start the app once.
+        assert self._sock is not None
+        asyncio.get_running_loop().remove_reader(self._sock.fileno())
+        self._starting = asyncio.ensure_future(self._start_app(self._sock))
+
+    async def _start_app(self, sock: socket.socket) -> None:
+        try:
+            from aiohttp import web
+
+            from proxyd.admin_app import make_app
+
+            runner = web.AppRunner(make_app(self._ctx), access_log=None, shutdown_timeout=2.0)
+            await runner.setup()
+            self._runner = runner
+            await web.SockSite(runner, sock).start()
+            log.info("admin app started by its first connection")
+        except Exception:
+            log.exception("admin listener failed to start; closing it")
+            sock.close()
 
     @property
     def addresses(self) -> list[Address]:
         return list(self._ctx.admin_addresses)
 
     async def stop(self) -> None:
-        await self._runner.cleanup()
+        if self._sock is None:
+            return
+        if self._starting is None:
+            asyncio.get_running_loop().remove_reader(self._sock.fileno())
+        else:
+            await self._starting
+        if self._runner is not None:
+            await self._runner.cleanup()  # closes the socket with the site
+        self._sock.close()
+        self._sock = None
 
 
 def daemon_context(server: ProxyServer, learned: LearnedRoutes | None) -> AdminContext:

@@ -16,9 +16,8 @@ from collections.abc import Iterable, Sequence
 from html import escape
 
 from proxyd.learning import DomainState, State
-from proxyd.metrics import UpstreamHealth
 from proxyd.mirror import MirrorStatus
-from proxyd.stats import Stats
+from proxyd.stats import Stats, UpstreamHealth
 
 MAX_ROWS = 500
 

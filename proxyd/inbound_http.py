@@ -12,6 +12,7 @@ import contextlib
 import logging
 import socket
 from collections.abc import AsyncIterator, Awaitable
+from typing import TYPE_CHECKING
 
 from proxyd import http1
 from proxyd.accounting import RequestRecord, finish, outcome_for
@@ -22,14 +23,17 @@ from proxyd.errors import ClientGone, DialError
 from proxyd.firstvisit import Outcome, best_error, note_dial
 from proxyd.hotlane import AnswerHead, HotLane
 from proxyd.http1 import BodyKind, BodyScanner, HttpError, Request, Response
-from proxyd.mirror import MirrorRoute
-from proxyd.mirror_answer import MirrorAnswer
+from proxyd.mirror import PlainHttpRoute
 from proxyd.pool import PoolKey
 from proxyd.race import AttemptFailed, Leg, dial_in_leg, run_race, take_answer
 from proxyd.relay import BodyPipe
 from proxyd.routing import RoutePlan
 from proxyd.runtime import Runtime
 from proxyd.tunnel import relay, run_tunnel
+
+if TYPE_CHECKING:
+    # Not at run time: it loads aiohttp, needed only once a [[mirror]] is configured.
+    from proxyd.mirror_answer import MirrorAnswer
 
 log = logging.getLogger("proxyd.http")
 
@@ -240,7 +244,7 @@ class HttpClient:
                 http1.error_response(failure.http_status, f"proxyd: {failure.describe()}")
             )
             return False
-        if isinstance(chosen, MirrorAnswer):
+        if not isinstance(chosen, tuple):  # a MirrorAnswer
             if result.winner is not None:
                 record.route = result.winner.name
             keep_alive = await chosen.deliver(
@@ -452,10 +456,10 @@ Answer = tuple[Connection, PoolKey, Response, bytearray]
 
 
 def _close_answer(answer: Answer | MirrorAnswer) -> None:
-    if isinstance(answer, MirrorAnswer):
-        answer.close()
-    else:
+    if isinstance(answer, tuple):
         answer[0].sock.close()
+    else:
+        answer.close()
 
 
 class _ClientBody:
@@ -508,7 +512,7 @@ class _Exchange:
         client, req, rt = self.client, self.req, self.client.rt
         if self.sent and not self.replayable:
             raise HttpError(502, "the origin failed and this request cannot be replayed safely")
-        if isinstance(leg.route, MirrorRoute):
+        if isinstance(leg.route, PlainHttpRoute):
             body = _ClientBody(client, req) if req.body.kind is BodyKind.LENGTH else None
             try:
                 return await leg.route.answer(rt, req, body)

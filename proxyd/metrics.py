@@ -7,13 +7,11 @@ source, result, limit); no metric carries a domain or a client address.
 
 Public API:
 
-- ``MetricSources``: what a scrape reads: ``stats`` plus live views of the learned table
-  (``learned_entries()``, ``learning_paused()``) and of upstream health
-  (``upstream_health()``, items with ``name``, ``up``, ``latency`` in seconds or None,
-  and ``last_error``, like ``upstreams.UpstreamStatus``). ``admin.AdminContext``
-  implements it.
-- ``UpstreamHealth``: the shape of one upstream's health (duck-typed).
-- ``ProxydCollector(sources)``: the custom collector.
+- ``ProxydCollector(sources)``: the custom collector; ``sources`` is a
+  ``stats.MetricSources`` (``admin.AdminContext`` in the daemon).
+
+Only ``admin_app`` imports this module, on the first admin request, so that an idle
+daemon never loads prometheus-client.
 - ``build_registry(sources) -> CollectorRegistry``: proxyd's metrics plus process and
   platform metrics, in a registry of its own (never the global default one).
 - ``exposition(registry) -> bytes`` and ``CONTENT_TYPE``: the text format 0.0.4.
@@ -24,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import platform
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Protocol
 
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 from prometheus_client.core import (
@@ -36,35 +33,10 @@ from prometheus_client.core import (
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 
 from proxyd import __version__
-from proxyd.learning import DomainState, Source, State
-from proxyd.stats import Histogram, Stats
+from proxyd.learning import Source, State
+from proxyd.stats import Histogram, MetricSources
 
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
-
-
-class UpstreamHealth(Protocol):
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def up(self) -> bool: ...
-
-    @property
-    def latency(self) -> float | None: ...
-
-    @property
-    def last_error(self) -> str | None: ...
-
-
-class MetricSources(Protocol):
-    @property
-    def stats(self) -> Stats: ...
-
-    def learned_entries(self) -> Sequence[DomainState]: ...
-
-    def learning_paused(self) -> bool: ...
-
-    def upstream_health(self) -> Sequence[UpstreamHealth]: ...
 
 
 def _counter(

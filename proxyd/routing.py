@@ -30,7 +30,8 @@ from proxyd.learning import DIRECT, Source, State
 
 if TYPE_CHECKING:
     from proxyd.learned import LearnedRoutes
-    from proxyd.mirror import MirrorRoute, MirrorSet
+    from proxyd.mirror import MirrorSet
+    from proxyd.mirror_route import MirrorRoute
     from proxyd.upstreams import UpstreamSet
 
 log = logging.getLogger("proxyd.routing")

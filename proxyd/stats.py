@@ -46,13 +46,26 @@ route was chosen):
 - ``Histogram``: fixed buckets (``bounds``, per-bucket ``counts`` with a final +Inf
   bucket, ``sum``, ``count``); ``observe(value)``, ``cumulative()``.
 - ``LATENCY_BUCKETS``: the bucket bounds of both latency histograms, in seconds.
+- ``MetricSources``: what a scrape reads: ``stats`` plus live views of the learned table
+  (``learned_entries()``, ``learning_paused()``) and of upstream health
+  (``upstream_health()``). ``admin.AdminContext`` implements it. Defined here rather than
+  in ``metrics`` so that the daemon can name it without loading prometheus-client, which
+  only a first admin request does.
+- ``UpstreamHealth``: one upstream's health as a scrape and the status page read it
+  (``name``, ``up``, ``latency`` in seconds or None, ``last_error``), the shape of
+  ``upstreams.UpstreamStatus`` (duck-typed).
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from proxyd.learning import DomainState
 
 OUTCOMES = ("ok", "rejected", "client_error", "dial_error", "upstream_error", "aborted")
 
@@ -240,3 +253,28 @@ class NullStats(Stats):
 
     def retest_done(self, result: str) -> None:
         pass
+
+
+class UpstreamHealth(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def up(self) -> bool: ...
+
+    @property
+    def latency(self) -> float | None: ...
+
+    @property
+    def last_error(self) -> str | None: ...
+
+
+class MetricSources(Protocol):
+    @property
+    def stats(self) -> Stats: ...
+
+    def learned_entries(self) -> Sequence[DomainState]: ...
+
+    def learning_paused(self) -> bool: ...
+
+    def upstream_health(self) -> Sequence[UpstreamHealth]: ...

@@ -11,8 +11,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from proxyd.detect import Reason
 from proxyd.learning import DomainState, LearningTable
-from proxyd.metrics import UpstreamHealth, build_registry, exposition
-from proxyd.stats import LATENCY_BUCKETS, Histogram, NullStats, Stats
+from proxyd.metrics import build_registry, exposition
+from proxyd.stats import LATENCY_BUCKETS, Histogram, NullStats, Stats, UpstreamHealth
 
 
 @dataclass
