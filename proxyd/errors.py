@@ -50,6 +50,14 @@ class ConnectTimeout(DialError):
     socks5_reply = 0x04
 
 
+class AnswerTimeout(DialError):
+    """Connected, but the server sent no first byte in time (on every route tried)."""
+
+    reason = "first_byte_timeout"
+    http_status = 504
+    socks5_reply = 0x04
+
+
 class HostUnreachable(DialError):
     reason = "host_unreachable"
     socks5_reply = 0x04

@@ -19,7 +19,7 @@ from proxyd.accounting import outcome_for
 from proxyd.desync import send_first
 from proxyd.detect import Reason, Strength, classify_dial_error
 from proxyd.dialers import Connection, Dialer
-from proxyd.errors import ClientGone, DialError, MirrorError, UpstreamError
+from proxyd.errors import AnswerTimeout, ClientGone, DialError, MirrorError, UpstreamError
 from proxyd.race import (
     AttemptFailed,
     Leg,
@@ -75,6 +75,8 @@ def best_error(rt: Runtime, result: RaceResult[object], host: str, port: int) ->
             return err
     if errors:
         return rt.upstreams.unavailable_error(host, port)
+    if result.failures and all(f.reason is Reason.FIRST_BYTE_TIMEOUT for f in result.failures):
+        return AnswerTimeout(host, port, "connected, but no route's server answered in time")
     return DialError(host, port, "no route answered")
 
 
