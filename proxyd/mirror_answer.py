@@ -1,6 +1,6 @@
 """What a mirror answered, streamed to the client under the original host.
 
-Private to ``proxyd.mirror``, which builds these; ``inbound_http`` only sees
+Private to ``proxyd.mirror_route``, which builds these; ``inbound_http`` only sees
 ``MirrorAnswer``: ``await deliver(sock, version=, keep_alive=, timeout=) -> bool``
 (whether the client connection may carry another request) and ``close()``.
 

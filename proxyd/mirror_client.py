@@ -1,6 +1,6 @@
 """Reaching a mirror: the aiohttp client over proxyd's own routes to the mirror host.
 
-Private to ``proxyd.mirror``.
+Private to ``proxyd.mirror_route`` (loaded only when a ``[[mirror]]`` is configured).
 
 - ``MirrorClient()``: one per mirror; a keep-alive pool (an aiohttp session) per route
   and isolation key, opened through proxyd's dialers (``RouteConnector``), so the mirror
