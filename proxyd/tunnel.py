@@ -109,6 +109,8 @@ def _freeze_watch(
         return None
 
     def client_done(tunnel: SpliceTunnel) -> bool:
+        if tunnel.timed_out:
+            return False  # nobody gave up: both sides were idle
         server_bytes = record.down + tunnel.down.moved
         stalled = is_stall(
             server_bytes,

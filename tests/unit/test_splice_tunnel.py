@@ -94,3 +94,27 @@ async def _server_closes_first() -> list[bool]:
 
 def test_when_the_server_finished_first_the_hook_is_asked_as_the_tunnel_ends() -> None:
     assert asyncio.run(_server_closes_first()) == [True]
+
+
+async def _idle_timeout() -> list[bool]:
+    loop = asyncio.get_running_loop()
+    client_app, client_end, server_end, server_app = _pairs()
+    timed_out: list[bool] = []
+
+    def client_done(tunnel: SpliceTunnel) -> bool:
+        timed_out.append(tunnel.timed_out)
+        return False
+
+    tunnel = SpliceTunnel(client_end, server_end, idle_timeout=0.1, on_client_done=client_done)
+    tunnel.start()
+    await loop.sock_sendall(server_app, SERVER_DATA)
+    assert await _read_exactly(loop, client_app, len(SERVER_DATA)) == SERVER_DATA
+    await asyncio.wait_for(tunnel.done, 5)  # both sides stay quiet: the idle timer ends it
+    for sock in (client_app, server_app):
+        sock.close()
+    return timed_out
+
+
+def test_a_tunnel_ended_by_the_idle_timer_tells_the_hook_nobody_gave_up() -> None:
+    # Learning must not read an idle keep-alive connection's end as a frozen server.
+    assert asyncio.run(_idle_timeout()) == [True]
