@@ -37,7 +37,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from proxyd import http1
+from proxyd import http1, http1_encode
 from proxyd.accounting import NO_ROUTE, RequestRecord, finish
 from proxyd.desync import ROUTE as DESYNC
 from proxyd.dialers import Connection
@@ -278,7 +278,9 @@ class HotLane:
         origin = rt.pool.checkout_armed(key, self._on_origin_readable)
         if origin is None:
             return False
-        head = http1.encode_request_for_origin(req, via="1.1 proxyd" if rt.config.via else None)
+        head = http1_encode.encode_request_for_origin(
+            req, via="1.1 proxyd" if rt.config.via else None
+        )
         try:
             sent = origin.sock.send(head)
         except OSError:
@@ -370,7 +372,7 @@ class HotLane:
         self._resp = resp
         self._remaining = remaining
         self._keep_alive = req.keep_alive and not rt.draining
-        head = http1.encode_response_for_client(resp, keep_alive=self._keep_alive)
+        head = http1_encode.encode_response_for_client(resp, keep_alive=self._keep_alive)
         record.down = len(head) + len(rbuf) + remaining
         self._write(head + rbuf if rbuf else head)
         rbuf.clear()

@@ -1,8 +1,9 @@
-"""Sans-IO HTTP/1.1 proxy framing: request and response heads in, typed events out, bytes back.
+"""Sans-IO HTTP/1.1 proxy framing: request and response heads in, typed events out.
 
 The daemon reads a client's head with ``loop.sock_recv`` into one growing buffer and calls
 ``parse_request`` on it after every read; bodies are forwarded verbatim while a ``BodyScanner``
-says where they end. Nothing here touches a socket or a clock.
+(``proxyd.http1_body``) says where they end, and heads go out through ``proxyd.http1_encode``.
+Nothing here touches a socket or a clock.
 
 API::
 
@@ -10,12 +11,10 @@ API::
         -> (Request, head_len) | None          None: need more bytes; buf[head_len:] is body
     parse_response(buf, *, request_method, max_head=65536, max_headers=100)
         -> (Response, head_len) | None
-    encode_request_for_origin(req, *, via=None) -> bytes      origin-form head for the server
-    encode_response_for_client(resp, *, keep_alive) -> bytes  head for the client
-    BodyScanner(framing).feed(data) -> int    bytes of data that belong to the body; .done
-    error_response(status, text, *, extra_headers=()) -> bytes   plain text, Connection: close
-    simple_response(status, body, *, content_type, keep_alive=False, extra_headers=()) -> bytes
+    Request, Response       parsed heads; Framing(kind: BodyKind, length) says how a body ends
     HttpError(status, reason)   .status is the answer the client should get
+    field_tokens(value) -> set[str]   lowercase tokens of a comma-separated field value
+    TCHAR                   the bytes a token (method, field name, coding) may contain
 
 ``buf`` is ``bytes`` or ``bytearray``. Parsing is a pure function of the buffered bytes and
 every error a prefix can raise is the one the whole head raises, so feeding byte by byte gives
@@ -50,9 +49,9 @@ Request decisions (request-smuggling defences first):
   defaults on, 1.0 needs ``keep-alive``.
 - ``upgrade``: a GET with ``Upgrade: websocket`` and ``Connection: upgrade``. The encoder keeps
   both (other upgrades, h2c included, are stripped). When the server answers 101 the caller
-  writes ``encode_response_for_client`` of it plus every byte after its head to the client,
-  stops parsing both directions and relays them raw until either side closes; any other
-  answer is an ordinary response.
+  writes ``http1_encode.encode_response_for_client`` of it plus every byte after its head to
+  the client, stops parsing both directions and relays them raw until either side closes; any
+  other answer is an ordinary response.
 - ``expect_continue``: the caller may forward a ``100 Continue`` (an interim ``Response``) or
   answer the final status before reading the body.
 
@@ -61,12 +60,6 @@ the client should see). Body: HEAD, 1xx, 204, 304 and 2xx to CONNECT -> NONE; ch
 final coding -> CHUNKED; other codings -> UNTIL_CLOSE; else Content-Length; else UNTIL_CLOSE.
 ``Response.interim`` marks 1xx other than 101: forward it and parse the next head (never send
 one to an HTTP/1.0 client, RFC 9110 15.2).
-
-Encoders strip hop-by-hop fields (Connection and the fields it names, Keep-Alive,
-Proxy-Connection, Proxy-Authorization, Proxy-Authenticate, TE, Trailer, Upgrade) but never
-Host, Content-Length or Transfer-Encoding, even when Connection names them: bodies are
-forwarded verbatim, so their framing must travel with them. The request keeps the client's
-version so an HTTP/1.0 client never gets a chunked answer it cannot read.
 """
 
 from __future__ import annotations
@@ -74,26 +67,21 @@ from __future__ import annotations
 import enum
 import ipaddress
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass
-from http import HTTPStatus
 from typing import ClassVar
 
 from proxyd.errors import ProxydError
 
 __all__ = [
+    "TCHAR",
     "BodyKind",
-    "BodyScanner",
     "Framing",
     "HttpError",
     "Request",
     "Response",
-    "encode_request_for_origin",
-    "encode_response_for_client",
-    "error_response",
+    "field_tokens",
     "parse_request",
     "parse_response",
-    "simple_response",
 ]
 
 
@@ -164,7 +152,7 @@ class Response:
         return 100 <= self.status < 200 and self.status != 101
 
 
-_TCHAR = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+TCHAR = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _VCHAR = bytes(range(0x21, 0x7F))
 # Field bytes minus HT/SP/VCHAR/obs-text leaves only controls; CR/LF are checked separately.
 _FIELD_BYTES = bytes(range(0x20, 0x7F)) + b"\t\r\n" + bytes(range(0x80, 0x100))
@@ -173,21 +161,8 @@ _VERSION_SHAPE = re.compile(rb"HTTP/[0-9]\.[0-9]")
 _REG_NAME = re.compile(r"[a-z0-9._-]+")
 _IDEMPOTENT = frozenset(("GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"))
 _KNOWN_CODINGS = frozenset(("gzip", "x-gzip", "deflate", "compress", "x-compress", "identity"))
-_HOP_BY_HOP = frozenset(
-    (
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authorization",
-        "proxy-authenticate",
-        "te",
-        "trailer",
-        "upgrade",
-    )
-)
-_FRAMING_FIELDS = frozenset(("host", "content-length", "transfer-encoding"))
 _UNIQUE_REQUEST_FIELDS = frozenset(("host", "proxy-authorization"))
-_TCHAR_OR_NL = _TCHAR + b"\n"
+_TCHAR_OR_NL = TCHAR + b"\n"
 
 
 def _check_partial_line_endings(buf: bytes | bytearray, start: int, stop: int, status: int) -> None:
@@ -242,7 +217,7 @@ def _request_line(line: bytes, max_line: int) -> tuple[str, str, str]:
         if _VERSION_SHAPE.fullmatch(version):
             raise HttpError(505, "HTTP version not supported")
         raise HttpError(400, "malformed HTTP version")
-    if not method or method.translate(None, _TCHAR):
+    if not method or method.translate(None, TCHAR):
         raise HttpError(400, "invalid method")
     if not target or target.translate(None, _VCHAR):
         raise HttpError(400, "invalid request target")
@@ -295,7 +270,7 @@ def _diagnose_names(names: list[str]) -> str:
     return "invalid header name or line without colon"
 
 
-def _tokens(value: str | None) -> set[str]:
+def field_tokens(value: str | None) -> set[str]:
     if not value:
         return set()
     return {t.strip(" \t").lower() for t in value.split(",")} - {""}
@@ -314,7 +289,7 @@ def _content_length(value: str, status: int) -> int:
 def _codings(value: str, status: int) -> list[str]:
     codings = [c.strip(" \t").lower() for c in value.split(",")]
     for coding in codings:
-        if not coding or coding.encode("latin-1").translate(None, _TCHAR):
+        if not coding or coding.encode("latin-1").translate(None, TCHAR):
             raise HttpError(status, "malformed Transfer-Encoding")
     if codings.count("chunked") > 1:
         raise HttpError(status, "chunked applied twice")
@@ -406,7 +381,7 @@ def _request(
     body = _request_body(by_name, version)
     if method == "CONNECT" and (body.kind is BodyKind.CHUNKED or body.length):
         raise HttpError(400, "CONNECT request with content")  # RFC 9110 9.3.6: it has none
-    conn = _tokens(by_name.get("connection")) | _tokens(by_name.get("proxy-connection"))
+    conn = field_tokens(by_name.get("connection")) | field_tokens(by_name.get("proxy-connection"))
     return Request(
         method,
         target,
@@ -420,9 +395,11 @@ def _request(
         body,
         "close" not in conn and (version == "HTTP/1.1" or "keep-alive" in conn),
         by_name.get("proxy-authorization"),
-        "100-continue" in _tokens(by_name.get("expect")),
+        "100-continue" in field_tokens(by_name.get("expect")),
         method in _IDEMPOTENT,
-        method == "GET" and "upgrade" in conn and "websocket" in _tokens(by_name.get("upgrade")),
+        method == "GET"
+        and "upgrade" in conn
+        and "websocket" in field_tokens(by_name.get("upgrade")),
     )
 
 
@@ -448,7 +425,7 @@ def parse_response(
     status = int(code)
     fields, by_name = _fields(bytes(buf[nl + 1 : end]), max_headers, 502, 502, frozenset())
     body = _response_body(by_name, status, request_method, version)
-    conn = _tokens(by_name.get("connection"))
+    conn = field_tokens(by_name.get("connection"))
     keep_alive = (
         body.kind is not BodyKind.UNTIL_CLOSE
         and "close" not in conn
@@ -483,209 +460,3 @@ def _response_body(
     if cl is not None:
         return Framing(BodyKind.LENGTH, _content_length(cl, 502))
     return Framing.UNTIL_CLOSE
-
-
-def _forwarded_lines(
-    headers: tuple[tuple[str, str], ...], *, keep_upgrade: bool, host_line: str | None
-) -> list[str]:
-    """Field lines minus hop-by-hop ones, one Content-Length, Host first when ``host_line``."""
-    keys = "\n".join([name for name, _ in headers]).lower().split("\n") if headers else []
-    drop = _HOP_BY_HOP
-    if "connection" in keys:
-        named = ",".join([v for k, (_, v) in zip(keys, headers, strict=True) if k == "connection"])
-        drop = drop | (_tokens(named) - _FRAMING_FIELDS)
-    if keep_upgrade:
-        drop = drop - {"upgrade"}
-    lines = [] if host_line is None else [host_line]
-    length_seen = False
-    for key, (name, value) in zip(keys, headers, strict=True):
-        if key in drop or (key == "host" and host_line is not None):
-            continue
-        if key == "content-length":
-            if length_seen:
-                continue
-            length_seen = True
-            value = value.split(",")[0].strip(" \t")
-        lines.append(f"{name}: {value}")
-    return lines
-
-
-def encode_request_for_origin(req: Request, *, via: str | None = None) -> bytes:
-    if req.is_connect:
-        raise ValueError("CONNECT is tunnelled, not forwarded")
-    host_line = None
-    if not req.origin_form:  # the target's authority wins over Host, RFC 9112 3.2.2
-        host = f"[{req.host}]" if ":" in req.host else req.host
-        host_line = f"Host: {host}" if req.port == 80 else f"Host: {host}:{req.port}"
-    lines = [f"{req.method} {req.path} {req.version}"]
-    lines += _forwarded_lines(req.headers, keep_upgrade=req.upgrade, host_line=host_line)
-    if req.upgrade:
-        lines.append("Connection: upgrade")
-    if via:
-        lines.append(f"Via: {req.version[5:]} {via}")
-    lines.append("\r\n")
-    return "\r\n".join(lines).encode("latin-1")
-
-
-def encode_response_for_client(resp: Response, *, keep_alive: bool) -> bytes:
-    switching = resp.status == 101
-    lines = [f"HTTP/1.1 {resp.status} {resp.reason}"]
-    lines += _forwarded_lines(resp.headers, keep_upgrade=switching, host_line=None)
-    if switching:
-        lines.append("Connection: upgrade")
-    elif resp.interim:
-        pass  # interim responses carry no framing of their own
-    elif keep_alive and resp.body.kind is not BodyKind.UNTIL_CLOSE:
-        # HTTP/1.0 clients only keep the connection when told so; 1.1 clients ignore it.
-        lines.append("Connection: keep-alive")
-    else:
-        lines.append("Connection: close")
-    lines.append("\r\n")
-    return "\r\n".join(lines).encode("latin-1")
-
-
-def simple_response(
-    status: int,
-    body: bytes,
-    *,
-    content_type: str,
-    keep_alive: bool = False,
-    extra_headers: Iterable[tuple[str, str]] = (),
-) -> bytes:
-    try:
-        phrase = HTTPStatus(status).phrase
-    except ValueError:
-        phrase = "Unknown"
-    lines = [
-        f"HTTP/1.1 {status} {phrase}",
-        f"Content-Type: {content_type}",
-        f"Content-Length: {len(body)}",
-        "Connection: keep-alive" if keep_alive else "Connection: close",
-    ]
-    for name, value in extra_headers:
-        bad_name = not name or name.encode("latin-1").translate(None, _TCHAR)
-        if bad_name or "\r" in value or "\n" in value:
-            raise ValueError(f"header {name!r} would break the response head")
-        lines.append(f"{name}: {value}")
-    lines.append("\r\n")
-    return "\r\n".join(lines).encode("latin-1") + body
-
-
-def error_response(
-    status: int, text: str, *, extra_headers: Iterable[tuple[str, str]] = ()
-) -> bytes:
-    body = (text + "\n").encode()
-    content_type = "text/plain; charset=utf-8"
-    return simple_response(status, body, content_type=content_type, extra_headers=extra_headers)
-
-
-_CHUNK_LINE_LIMIT = 8192
-_TRAILER_LIMIT = 65536
-_SIZE_LINE = re.compile(
-    rb"([0-9A-Fa-f]{1,16})"
-    rb"(?:[ \t]*;[ \t]*[-!#$%&'*+.^_`|~0-9A-Za-z]+"
-    rb"(?:[ \t]*=[ \t]*(?:[-!#$%&'*+.^_`|~0-9A-Za-z]+"
-    rb'|"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"))?)*\r\n'
-)
-_TRAILER_LINE = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+:[\t \x21-\x7e\x80-\xff]*\r\n")
-_SIZE, _DATA, _DATA_CR, _DATA_LF, _TRAILER = range(5)
-
-
-class BodyScanner:
-    """Finds the end of a body whose bytes are forwarded verbatim.
-
-    Chunk data is skipped by arithmetic; only size lines and trailers are looked at, so a
-    large chunk costs the same as a small one. Malformed chunked framing -> HttpError(400).
-    """
-
-    __slots__ = ("_kind", "_line", "_remaining", "_state", "_trailer_bytes", "done")
-
-    def __init__(self, framing: Framing) -> None:
-        self._kind = framing.kind
-        self._remaining = framing.length
-        self._state = _SIZE
-        self._line = b""
-        self._trailer_bytes = 0
-        self.done = framing.kind is BodyKind.NONE or (
-            framing.kind is BodyKind.LENGTH and framing.length == 0
-        )
-
-    def feed(self, data: memoryview | bytes | bytearray) -> int:
-        if self.done:
-            return 0
-        if self._kind is BodyKind.LENGTH:
-            taken = min(len(data), self._remaining)
-            self._remaining -= taken
-            self.done = self._remaining == 0
-            return taken
-        if self._kind is BodyKind.UNTIL_CLOSE:
-            return len(data)
-        return self._feed_chunked(data)
-
-    def _feed_chunked(self, data: memoryview | bytes | bytearray) -> int:
-        i, n = 0, len(data)
-        while i < n:
-            state = self._state
-            if state == _DATA:
-                taken = min(self._remaining, n - i)
-                i += taken
-                self._remaining -= taken
-                if not self._remaining:
-                    self._state = _DATA_CR
-            elif state == _DATA_CR:
-                if data[i : i + 2] == b"\r\n":  # the usual case, one step instead of two
-                    i += 2
-                    self._state = _SIZE
-                    continue
-                if data[i] != 13:
-                    raise HttpError(400, "chunk data not followed by CRLF")
-                i += 1
-                self._state = _DATA_LF
-            elif state == _DATA_LF:
-                if data[i] != 10:
-                    raise HttpError(400, "chunk data not followed by CRLF")
-                i += 1
-                self._state = _SIZE
-            else:
-                # A small window: size lines are short, and copying more would cost per chunk.
-                window = bytes(data[i : i + 256])
-                if state == _SIZE and not self._line:
-                    whole_line = _SIZE_LINE.match(window)
-                    if whole_line:  # fast path; anything unusual takes the general one below
-                        i += whole_line.end()
-                        self._remaining = int(whole_line[1], 16)
-                        self._state = _DATA if self._remaining else _TRAILER
-                        continue
-                lf = window.find(b"\n")
-                if lf < 0:
-                    self._line += window
-                    i += len(window)
-                    if len(self._line) > _CHUNK_LINE_LIMIT:
-                        raise HttpError(400, "chunk size or trailer line too long")
-                    continue
-                i += lf + 1
-                line, self._line = self._line + window[: lf + 1], b""
-                if len(line) > _CHUNK_LINE_LIMIT:
-                    raise HttpError(400, "chunk size or trailer line too long")
-                if state == _SIZE:
-                    self._chunk_size_line(line)
-                elif line == b"\r\n":
-                    self.done = True
-                    return i
-                else:
-                    self._trailer_line(line)
-        return i
-
-    def _chunk_size_line(self, line: bytes) -> None:
-        match = _SIZE_LINE.fullmatch(line)
-        if match is None:
-            raise HttpError(400, "malformed chunk size line")
-        self._remaining = int(match[1], 16)
-        self._state = _DATA if self._remaining else _TRAILER
-
-    def _trailer_line(self, line: bytes) -> None:
-        self._trailer_bytes += len(line)
-        if self._trailer_bytes > _TRAILER_LIMIT:
-            raise HttpError(400, "trailer section too large")
-        if not _TRAILER_LINE.fullmatch(line):
-            raise HttpError(400, "malformed trailer field")

@@ -14,7 +14,7 @@ import socket
 from collections.abc import AsyncIterator, Awaitable
 from typing import TYPE_CHECKING
 
-from proxyd import http1
+from proxyd import http1, http1_encode
 from proxyd.accounting import RequestRecord, finish, outcome_for
 from proxyd.desync import send_first
 from proxyd.detect import Reason, classify_dial_error
@@ -22,7 +22,8 @@ from proxyd.dialers import Connection, Dialer
 from proxyd.errors import ClientGone, DialError
 from proxyd.firstvisit import Outcome, best_error, note_dial
 from proxyd.hotlane import AnswerHead, HotLane
-from proxyd.http1 import BodyKind, BodyScanner, HttpError, Request, Response
+from proxyd.http1 import BodyKind, HttpError, Request, Response
+from proxyd.http1_body import BodyScanner
 from proxyd.mirror import PlainHttpRoute
 from proxyd.pool import PoolKey
 from proxyd.race import AttemptFailed, Leg, dial_in_leg, run_race, take_answer
@@ -56,7 +57,8 @@ class _ConnectReply:
     async def failure(self, err: DialError) -> None:
         with contextlib.suppress(OSError):
             await asyncio.get_running_loop().sock_sendall(
-                self._sock, http1.error_response(err.http_status, f"proxyd: {err.describe()}")
+                self._sock,
+                http1_encode.error_response(err.http_status, f"proxyd: {err.describe()}"),
             )
 
 
@@ -90,7 +92,9 @@ class HttpClient:
         try:
             await self._serve(allowed)
         except HttpError as err:
-            await self._send_quietly(http1.error_response(err.status, f"proxyd: {err.reason}"))
+            await self._send_quietly(
+                http1_encode.error_response(err.status, f"proxyd: {err.reason}")
+            )
         except (ClientGone, OSError, TimeoutError):
             # Mid-response failures cannot be reported any more: closing is the answer.
             pass
@@ -121,7 +125,7 @@ class HttpClient:
             req, head_len = handoff, lane.head_len
             if not allowed:
                 self.rt.stats.connection_refused("not_allowed")
-                await self._send(http1.error_response(403, "proxyd: client not allowed"))
+                await self._send(http1_encode.error_response(403, "proxyd: client not allowed"))
                 return
             if not await self._authenticated(req):
                 return
@@ -171,7 +175,7 @@ class HttpClient:
         if throttle.blocked(self.client_ip, now=now):
             self.rt.stats.limit_hit("auth_failures")
             await self._send(
-                http1.error_response(429, "proxyd: too many failed logins, try again later")
+                http1_encode.error_response(429, "proxyd: too many failed logins, try again later")
             )
             return False
         if access.check_basic(req.proxy_authorization):
@@ -181,7 +185,7 @@ class HttpClient:
             # A missing header is a browser's first try, not a guess.
             throttle.failed(self.client_ip, now=now)
         await self._send(
-            http1.error_response(
+            http1_encode.error_response(
                 407, "proxyd: proxy authentication required", extra_headers=(PROXY_AUTH_REQUIRED,)
             )
         )
@@ -189,12 +193,12 @@ class HttpClient:
 
     def _local_answer(self, req: Request) -> bytes:
         if req.method in ("GET", "HEAD") and req.path == "/":
-            return http1.simple_response(
+            return http1_encode.simple_response(
                 200,
                 b"proxyd is running. Configure it as your HTTP or SOCKS5 proxy.\n",
                 content_type="text/plain; charset=utf-8",
             )
-        return http1.error_response(
+        return http1_encode.error_response(
             400, "proxyd: this is a proxy; send absolute-form requests (http://host/path)"
         )
 
@@ -222,7 +226,9 @@ class HttpClient:
             plan = rt.router.plan(req.host, req.port, plain_http=True)
         except DialError as err:
             record.outcome = outcome_for(err)
-            await self._send(http1.error_response(err.http_status, f"proxyd: {err.describe()}"))
+            await self._send(
+                http1_encode.error_response(err.http_status, f"proxyd: {err.describe()}")
+            )
             return False
         record.route = plan.first.name
         exchange = _Exchange(self, req, plan, timeout)
@@ -241,7 +247,7 @@ class HttpClient:
             failure = best_error(rt, result, req.host, req.port)  # type: ignore[arg-type]
             record.outcome = outcome_for(failure)
             await self._send(
-                http1.error_response(failure.http_status, f"proxyd: {failure.describe()}")
+                http1_encode.error_response(failure.http_status, f"proxyd: {failure.describe()}")
             )
             return False
         if not isinstance(chosen, tuple):  # a MirrorAnswer
@@ -379,7 +385,7 @@ class HttpClient:
     ) -> bool:
         record = self.record
         if resp.status == 101 and req.upgrade:
-            switched = http1.encode_response_for_client(resp, keep_alive=True) + rbuf
+            switched = http1_encode.encode_response_for_client(resp, keep_alive=True) + rbuf
             await self._send(switched)
             record.down += len(switched)
             if self.buf:
@@ -392,7 +398,7 @@ class HttpClient:
         client_keep_alive = (
             req.keep_alive and framing.kind is not BodyKind.UNTIL_CLOSE and not self.rt.draining
         )
-        head = http1.encode_response_for_client(resp, keep_alive=client_keep_alive)
+        head = http1_encode.encode_response_for_client(resp, keep_alive=client_keep_alive)
         origin_reusable = resp.keep_alive
         try:
             if framing.kind is BodyKind.NONE:
@@ -499,7 +505,7 @@ class _Exchange:
         self.plan = plan
         self.timeout = timeout
         rt = client.rt
-        self.head = http1.encode_request_for_origin(
+        self.head = http1_encode.encode_request_for_origin(
             req, via="1.1 proxyd" if rt.config.via else None
         )
         # Replaying needs the whole request in hand; a body would have to be buffered.

@@ -15,7 +15,7 @@ import socket
 from collections import Counter
 from dataclasses import dataclass
 
-from proxyd import http1
+from proxyd import http1_encode
 from proxyd.access import AccessPolicy, AuthThrottle
 from proxyd.config import Config, ListenAddress
 from proxyd.dialers import Address, DirectDialer, forbid_endpoints
@@ -286,7 +286,9 @@ class ProxyServer:
         elif first[0] == 4:
             answer = _SOCKS4_REFUSAL
         else:
-            answer = http1.error_response(503, "proxyd: too many connections, try again later")
+            answer = http1_encode.error_response(
+                503, "proxyd: too many connections, try again later"
+            )
         with contextlib.suppress(OSError):
             await asyncio.get_running_loop().sock_sendall(client.sock, answer)
 

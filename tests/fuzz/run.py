@@ -20,6 +20,7 @@ import atheris
 
 with atheris.instrument_imports(include=["proxyd"]):
     import proxyd.http1
+    import proxyd.http1_body
     import proxyd.socks  # noqa: F401  (imported here so coverage guides the fuzzer)
 
 from tests.fuzz.targets import TARGETS

@@ -9,16 +9,18 @@ import pytest
 from proxyd.errors import ProxydError
 from proxyd.http1 import (
     BodyKind,
-    BodyScanner,
     Framing,
     HttpError,
     Request,
     Response,
+    parse_request,
+    parse_response,
+)
+from proxyd.http1_body import BodyScanner
+from proxyd.http1_encode import (
     encode_request_for_origin,
     encode_response_for_client,
     error_response,
-    parse_request,
-    parse_response,
     simple_response,
 )
 

@@ -16,15 +16,15 @@ from hypothesis import strategies as st
 
 from proxyd.http1 import (
     BodyKind,
-    BodyScanner,
     Framing,
     HttpError,
     Request,
     Response,
-    encode_request_for_origin,
     parse_request,
     parse_response,
 )
+from proxyd.http1_body import BodyScanner
+from proxyd.http1_encode import encode_request_for_origin
 
 FUZZING = os.environ.get("HYPOTHESIS_PROFILE") == "fuzz"
 budget = settings(
