@@ -3,6 +3,16 @@
 Each request on a connection is parsed, checked and routed on its own (different hosts may
 take different routes). Bodies stream in both directions and are never buffered whole:
 Content-Length bodies are spliced, chunked ones pass through a ``BodyScanner`` verbatim.
+Kept-alive requests to pooled origins are served by ``hotlane``; the tries of one request on
+its plan's routes (the first visit's retry and race) are ``http_attempt``'s.
+
+API::
+
+    HttpClient(rt, sock, client_ip, first_bytes).serve(*, allowed)   until the client should go
+        .send(data), .copy_exact(src, dst, count, timeout), .sock, .buf, .loop, .record
+                        what the hot lane and the attempts use of the connection
+    log_unexpected(exc, client_ip)
+    CONNECT_ESTABLISHED     the answer to a CONNECT whose tunnel is up
 """
 
 from __future__ import annotations
@@ -11,40 +21,28 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import AsyncIterator, Awaitable
-from typing import TYPE_CHECKING
 
 from proxyd import http1, http1_encode
 from proxyd.accounting import RequestRecord, finish, outcome_for
-from proxyd.desync import send_first
-from proxyd.detect import Reason, classify_dial_error
-from proxyd.dialers import Connection, Dialer
+from proxyd.dialers import Connection
 from proxyd.errors import ClientGone, DialError
-from proxyd.firstvisit import Outcome, best_error, note_dial
-from proxyd.hotlane import AnswerHead, HotLane
+from proxyd.firstvisit import Outcome, best_error
+from proxyd.hotlane import RECV_SIZE, AnswerHead, HotLane
 from proxyd.http1 import BodyKind, HttpError, Request, Response
 from proxyd.http1_body import BodyScanner
-from proxyd.mirror import PlainHttpRoute
+from proxyd.http_attempt import Exchange, close_answer
 from proxyd.pool import PoolKey
-from proxyd.race import AttemptFailed, Leg, dial_in_leg, run_race, take_answer
+from proxyd.race import run_race, take_answer
 from proxyd.relay import BodyPipe
-from proxyd.routing import RoutePlan
 from proxyd.runtime import Runtime
 from proxyd.tunnel import relay, run_tunnel
 
-if TYPE_CHECKING:
-    # Not at run time: it loads aiohttp, needed only once a [[mirror]] is configured.
-    from proxyd.mirror_answer import MirrorAnswer
-
 log = logging.getLogger("proxyd.http")
 
-RECV_SIZE = 256 * 1024
 # Below this many body bytes still to come, recv/send beats setting up a splice.
 SPLICE_THRESHOLD = 64 * 1024
 CONNECT_ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
 PROXY_AUTH_REQUIRED = ("Proxy-Authenticate", 'Basic realm="proxyd"')
-# How much of a response body the block-page fingerprints look at.
-CLASSIFY_BODY = 4096
 
 
 class _ConnectReply:
@@ -125,12 +123,12 @@ class HttpClient:
             req, head_len = handoff, lane.head_len
             if not allowed:
                 self.rt.stats.connection_refused("not_allowed")
-                await self._send(http1_encode.error_response(403, "proxyd: client not allowed"))
+                await self.send(http1_encode.error_response(403, "proxyd: client not allowed"))
                 return
             if not await self._authenticated(req):
                 return
             if req.origin_form:
-                await self._send(self._local_answer(req))
+                await self.send(self._local_answer(req))
                 return
             protocol = "connect" if req.is_connect else "http"
             # A CONNECT head is proxyd's business, not relayed; a request head is forwarded.
@@ -174,7 +172,7 @@ class HttpClient:
         throttle, now = access.throttle, self.loop.time()
         if throttle.blocked(self.client_ip, now=now):
             self.rt.stats.limit_hit("auth_failures")
-            await self._send(
+            await self.send(
                 http1_encode.error_response(429, "proxyd: too many failed logins, try again later")
             )
             return False
@@ -184,7 +182,7 @@ class HttpClient:
         if req.proxy_authorization is not None:
             # A missing header is a browser's first try, not a guess.
             throttle.failed(self.client_ip, now=now)
-        await self._send(
+        await self.send(
             http1_encode.error_response(
                 407, "proxyd: proxy authentication required", extra_headers=(PROXY_AUTH_REQUIRED,)
             )
@@ -202,7 +200,7 @@ class HttpClient:
             400, "proxyd: this is a proxy; send absolute-form requests (http://host/path)"
         )
 
-    async def _send(self, data: bytes) -> None:
+    async def send(self, data: bytes) -> None:
         try:
             await self.loop.sock_sendall(self.sock, data)
         except OSError:
@@ -226,12 +224,12 @@ class HttpClient:
             plan = rt.router.plan(req.host, req.port, plain_http=True)
         except DialError as err:
             record.outcome = outcome_for(err)
-            await self._send(
+            await self.send(
                 http1_encode.error_response(err.http_status, f"proxyd: {err.describe()}")
             )
             return False
         record.route = plan.first.name
-        exchange = _Exchange(self, req, plan, timeout)
+        exchange = Exchange(self, req, plan, timeout)
         learned = rt.learned
         racing = plan.learn and exchange.replayable and learned is not None
         result = await run_race(
@@ -239,14 +237,14 @@ class HttpClient:
             exchange.attempt,
             race_after=learned.race_after if racing and learned is not None else None,
             may_race=lambda: exchange.replayable,
-            discard=_close_answer,
+            discard=close_answer,
         )
         Outcome(rt, req.host, req.port, plan).record(result)  # type: ignore[arg-type]
-        chosen = take_answer(result, _close_answer)
+        chosen = take_answer(result, close_answer)
         if chosen is None:
             failure = best_error(rt, result, req.host, req.port)  # type: ignore[arg-type]
             record.outcome = outcome_for(failure)
-            await self._send(
+            await self.send(
                 http1_encode.error_response(failure.http_status, f"proxyd: {failure.describe()}")
             )
             return False
@@ -267,100 +265,7 @@ class HttpClient:
         record.outcome = "ok"
         return keep_alive
 
-    async def _exchange(
-        self, req: Request, head: bytes, origin: Connection, timeout: float
-    ) -> tuple[Response, bytes, bytearray]:
-        """Send head and body, return the final response head and bytes read past it."""
-        upload: asyncio.Task[None] | None = None
-        try:
-            try:
-                await send_first(self.loop, origin, head)
-            except OSError:
-                raise _StaleOrigin from None
-            if req.body.kind is not BodyKind.NONE:
-                # Concurrent so that ``Expect: 100-continue`` and early answers work.
-                upload = asyncio.ensure_future(self._upload(req, origin, timeout))
-            return await self._read_response(req, origin, timeout, upload)
-        except BaseException:
-            if upload is not None:
-                upload.cancel()
-            raise
-
-    async def _read_response(
-        self, req: Request, origin: Connection, timeout: float, upload: asyncio.Task[None] | None
-    ) -> tuple[Response, bytes, bytearray]:
-        try:
-            return await self._read_response_head(req, origin, timeout, upload)
-        except TimeoutError:
-            raise HttpError(504, f"origin sent no answer within {timeout:g}s") from None
-
-    async def _read_response_head(
-        self, req: Request, origin: Connection, timeout: float, upload: asyncio.Task[None] | None
-    ) -> tuple[Response, bytes, bytearray]:
-        rbuf = bytearray()
-        got_any = False
-        async with asyncio.timeout(timeout):
-            while True:
-                parsed = http1.parse_response(rbuf, request_method=req.method)
-                if parsed is not None:
-                    resp, head_len = parsed
-                    if resp.interim:
-                        if req.version == "HTTP/1.1":
-                            await self._send(bytes(rbuf[:head_len]))
-                        del rbuf[:head_len]
-                        continue
-                    raw_head = bytes(rbuf[:head_len])
-                    del rbuf[:head_len]
-                    if upload is not None and not upload.done():
-                        # The origin answered before the body was sent: finish the upload
-                        # only if the answer is success; otherwise stop and close after it.
-                        if 200 <= resp.status < 300:
-                            await upload
-                        else:
-                            upload.cancel()
-                    elif upload is not None:
-                        upload.result()
-                    return resp, raw_head, rbuf
-                try:
-                    data = await self.loop.sock_recv(origin.sock, RECV_SIZE)
-                except ConnectionError:
-                    data = b""
-                if not data:
-                    if not got_any and req.body.kind is BodyKind.NONE:
-                        raise _StaleOrigin
-                    raise HttpError(502, "origin closed the connection without an answer")
-                got_any = True
-                rbuf += data
-
-    async def _upload(self, req: Request, origin: Connection, timeout: float) -> None:
-        if req.body.kind is BodyKind.LENGTH:
-            have = min(len(self.buf), req.body.length)
-            if have:
-                await self.loop.sock_sendall(origin.sock, self.buf[:have])
-                del self.buf[:have]
-            rest = req.body.length - have
-            if rest:
-                await self._copy_exact(self.sock, origin.sock, rest, timeout)
-            self.record.up += req.body.length
-            return
-        scanner = BodyScanner(req.body)
-        data = bytes(self.buf)
-        self.buf.clear()
-        async with asyncio.timeout(timeout) as deadline:
-            while True:
-                used = scanner.feed(data)
-                if used:
-                    await self.loop.sock_sendall(origin.sock, data[:used])
-                    self.record.up += used
-                if scanner.done:
-                    self.buf += data[used:]
-                    return
-                data = await self.loop.sock_recv(self.sock, RECV_SIZE)
-                if not data:
-                    raise ClientGone
-                deadline.reschedule(self.loop.time() + timeout)
-
-    async def _copy_exact(
+    async def copy_exact(
         self, src: socket.socket, dst: socket.socket, count: int, timeout: float
     ) -> None:
         if count >= SPLICE_THRESHOLD:
@@ -386,7 +291,7 @@ class HttpClient:
         record = self.record
         if resp.status == 101 and req.upgrade:
             switched = http1_encode.encode_response_for_client(resp, keep_alive=True) + rbuf
-            await self._send(switched)
+            await self.send(switched)
             record.down += len(switched)
             if self.buf:
                 await self.loop.sock_sendall(origin.sock, self.buf)
@@ -402,21 +307,21 @@ class HttpClient:
         origin_reusable = resp.keep_alive
         try:
             if framing.kind is BodyKind.NONE:
-                await self._send(head)
+                await self.send(head)
                 record.down += len(head)
                 origin_reusable = origin_reusable and not rbuf
             elif framing.kind is BodyKind.LENGTH:
                 have = min(len(rbuf), framing.length)
-                await self._send(head + rbuf[:have])
+                await self.send(head + rbuf[:have])
                 origin_reusable = origin_reusable and len(rbuf) <= framing.length
                 rest = framing.length - have
                 if rest:
-                    await self._copy_exact(origin.sock, self.sock, rest, timeout)
+                    await self.copy_exact(origin.sock, self.sock, rest, timeout)
                 record.down += len(head) + framing.length
             elif framing.kind is BodyKind.CHUNKED:
                 origin_reusable = await self._relay_chunked(head, rbuf, origin, framing, timeout)
             else:
-                await self._send(head + rbuf)
+                await self.send(head + rbuf)
                 rest = await self.pipe.copy_until_eof(origin.sock, self.sock, timeout=timeout)
                 record.down += len(head) + len(rbuf) + rest
                 origin_reusable = False
@@ -443,7 +348,7 @@ class HttpClient:
         async with asyncio.timeout(timeout) as deadline:
             while True:
                 used = scanner.feed(data)
-                await self._send(pending + data[:used] if pending else data[:used])
+                await self.send(pending + data[:used] if pending else data[:used])
                 self.record.down += len(pending) + used
                 pending = b""
                 if scanner.done:
@@ -452,132 +357,6 @@ class HttpClient:
                 if not data:
                     raise ConnectionResetError("origin closed in the middle of a chunked body")
                 deadline.reschedule(self.loop.time() + timeout)
-
-
-class _StaleOrigin(Exception):
-    """The origin closed before sending any byte of the answer."""
-
-
-Answer = tuple[Connection, PoolKey, Response, bytearray]
-
-
-def _close_answer(answer: Answer | MirrorAnswer) -> None:
-    if isinstance(answer, tuple):
-        answer[0].sock.close()
-    else:
-        answer.close()
-
-
-class _ClientBody:
-    """A Content-Length request body streamed from the client as a mirror reads it."""
-
-    def __init__(self, client: HttpClient, req: Request) -> None:
-        self.client = client
-        self.req = req
-        self.started = False
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        client = self.client
-        self.started = True
-        rest = self.req.body.length
-        if self.req.expect_continue and not client.buf:
-            await client._send(b"HTTP/1.1 100 Continue\r\n\r\n")
-        have = min(len(client.buf), rest)
-        if have:
-            chunk = bytes(client.buf[:have])
-            del client.buf[:have]
-            rest -= have
-            yield chunk
-        while rest:
-            data = await client.loop.sock_recv(client.sock, min(rest, RECV_SIZE))
-            if not data:
-                raise ClientGone
-            rest -= len(data)
-            yield data
-
-
-class _Exchange:
-    """One request's attempt on one route: pooled or new connection, request, answer head."""
-
-    def __init__(self, client: HttpClient, req: Request, plan: RoutePlan, timeout: float) -> None:
-        self.client = client
-        self.req = req
-        self.plan = plan
-        self.timeout = timeout
-        rt = client.rt
-        self.head = http1_encode.encode_request_for_origin(
-            req, via="1.1 proxyd" if rt.config.via else None
-        )
-        # Replaying needs the whole request in hand; a body would have to be buffered.
-        self.replayable = req.idempotent and req.body.kind is BodyKind.NONE
-        self.sent = False
-        # route -> (connect seconds, None for a pooled connection; first-byte seconds)
-        self.timings: dict[str, tuple[float | None, float]] = {}
-
-    async def attempt(self, leg: Leg) -> Answer | MirrorAnswer:
-        client, req, rt = self.client, self.req, self.client.rt
-        if self.sent and not self.replayable:
-            raise HttpError(502, "the origin failed and this request cannot be replayed safely")
-        if isinstance(leg.route, PlainHttpRoute):
-            body = _ClientBody(client, req) if req.body.kind is BodyKind.LENGTH else None
-            try:
-                return await leg.route.answer(rt, req, body)
-            finally:
-                self.sent = self.sent or (body is not None and body.started)
-        key: PoolKey = (leg.route.name, self.plan.isolation or "", req.host, req.port)
-        origin = rt.pool.checkout(key)
-        reused = origin is not None
-        if origin is None:
-            origin = await dial_in_leg(leg, self._dial(leg.route))
-            note_dial(rt, leg.route, origin)
-        else:
-            leg.mark_connected()
-        while True:
-            self.sent = True
-            sent_at = client.loop.time()
-            try:
-                resp, raw_head, rbuf = await client._exchange(req, self.head, origin, self.timeout)
-                break
-            except _StaleOrigin:
-                origin.sock.close()
-                if not reused:
-                    raise AttemptFailed(Reason.EOF_BEFORE_RESPONSE) from None
-                # A pooled connection the origin closed while idle: it never saw this
-                # request, so one fresh connection is safe.
-                reused = False
-                try:
-                    origin = await self._dial(leg.route)
-                except DialError as err:
-                    raise AttemptFailed(classify_dial_error(err), err) from None
-                note_dial(rt, leg.route, origin)
-            except HttpError as err:
-                origin.sock.close()
-                if err.status == 504:
-                    raise AttemptFailed(Reason.FIRST_BYTE_TIMEOUT) from None
-                raise
-            except OSError:
-                origin.sock.close()
-                raise AttemptFailed(Reason.CONNECTION_RESET) from None
-        # Up to the answer's head: the body may be a long stream.
-        first_byte = client.loop.time() - sent_at
-        rt.stats.first_byte(leg.route.name, first_byte)
-        self.timings[leg.route.name] = (None if reused else origin.connect_seconds, first_byte)
-        answer = (origin, key, resp, rbuf)
-        learned = rt.learned
-        if self.plan.learn and learned is not None:
-            reason = learned.classify(self.head, raw_head + bytes(rbuf[:CLASSIFY_BODY]))
-            if reason is not None:
-                raise AttemptFailed(reason, answer=answer)
-        return answer
-
-    def _dial(self, route: Dialer) -> Awaitable[Connection]:
-        return route.dial(
-            self.req.host,
-            self.req.port,
-            timeout=self.client.rt.config.limits.connect_timeout,
-            client_ip=self.client.client_ip,
-            isolation=self.plan.isolation,
-        )
 
 
 def log_unexpected(exc: BaseException, client_ip: str) -> None:
