@@ -92,6 +92,7 @@ class UpstreamConfig:
     password: str | None = None
     tor: bool = False
     isolate: bool = False  # a distinct SOCKS username per registrable domain
+    isolate_clients: bool = False  # ... and per LAN client address
     health_interval: float = 30.0
     url: str  # as written in the config
 
@@ -103,6 +104,7 @@ class UpstreamConfig:
         *,
         tor: bool = False,
         isolate: bool | None = None,
+        isolate_clients: bool = False,
         health_interval: float = 30.0,
     ) -> UpstreamConfig:
         """Parse ``scheme://[user[:pass]@]host:port``; ``isolate`` defaults to ``tor``."""
@@ -136,6 +138,7 @@ class UpstreamConfig:
             password=password,
             tor=tor,
             isolate=tor if isolate is None else isolate,
+            isolate_clients=isolate_clients,
             health_interval=health_interval,
             url=url,
         )

@@ -344,15 +344,22 @@ _RULE: dict[str, Reader] = {
 
 def _upstream(value: object, path: KeyPath) -> UpstreamConfig:
     table = _table(value, path)
-    _check_keys(table, ("name", "url", "tor", "isolate", "health_interval"), path)
+    keys = ("name", "url", "tor", "isolate", "isolate_clients", "health_interval")
+    _check_keys(table, keys, path)
     name = _route_name(_required(table, "name", path, "a name for rules to use"), (*path, "name"))
     url = _str(_required(table, "url", path, 'e.g. "socks5h://127.0.0.1:9050"'), (*path, "url"))
     tor = _bool(table.get("tor", False), (*path, "tor"))
     isolate = _bool(table["isolate"], (*path, "isolate")) if "isolate" in table else None
+    isolate_clients = _bool(table.get("isolate_clients", False), (*path, "isolate_clients"))
     interval = _POSITIVE(table.get("health_interval", "30s"), (*path, "health_interval"))
     try:
         upstream = UpstreamConfig.from_url(
-            name, url, tor=tor, isolate=isolate, health_interval=interval
+            name,
+            url,
+            tor=tor,
+            isolate=isolate,
+            isolate_clients=isolate_clients,
+            health_interval=interval,
         )
     except ValueError as exc:
         raise SchemaError((*path, "url"), str(exc)) from None
@@ -361,6 +368,11 @@ def _upstream(value: object, path: KeyPath) -> UpstreamConfig:
         raise SchemaError(
             (*path, "tor"),
             f"Tor needs socks5h:// or socks4a:// (remote DNS), not {upstream.scheme}://",
+        )
+    if isolate_clients and not upstream.isolate:
+        raise SchemaError(
+            (*path, "isolate_clients"),
+            "per-client isolation refines per-domain isolation: set isolate = true too",
         )
     if upstream.isolate and upstream.scheme not in SOCKS_SCHEMES:
         raise SchemaError(

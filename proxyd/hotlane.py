@@ -44,6 +44,7 @@ from proxyd.dialers import Connection
 from proxyd.errors import DialError
 from proxyd.http1 import BodyKind, HttpError, Request, Response
 from proxyd.pool import PoolKey
+from proxyd.upstreams import isolation_scope
 
 if TYPE_CHECKING:
     from proxyd.inbound_http import HttpClient
@@ -274,7 +275,8 @@ class HotLane:
             # A first visit is the control plane's to watch; a desync head must be split.
             return False
         # A mirror first (never a pool key) misses the pool below and goes to the coroutine.
-        key: PoolKey = (plan.first.name, plan.isolation or "", req.host, req.port)
+        scope = isolation_scope(plan.first, plan.isolation, client.client_ip)
+        key: PoolKey = (plan.first.name, scope, req.host, req.port)
         origin = rt.pool.checkout_armed(key, self._on_origin_readable)
         if origin is None:
             return False

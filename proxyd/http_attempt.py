@@ -35,6 +35,7 @@ from proxyd.mirror import PlainHttpRoute
 from proxyd.pool import PoolKey
 from proxyd.race import AttemptFailed, Leg, dial_in_leg
 from proxyd.routing import RoutePlan
+from proxyd.upstreams import isolation_scope
 
 if TYPE_CHECKING:
     from proxyd.inbound_http import HttpClient
@@ -116,7 +117,8 @@ class Exchange:
                 return await leg.route.answer(rt, req, body)
             finally:
                 self.sent = self.sent or (body is not None and body.started)
-        key: PoolKey = (leg.route.name, self.plan.isolation or "", req.host, req.port)
+        scope = isolation_scope(leg.route, self.plan.isolation, client.client_ip)
+        key: PoolKey = (leg.route.name, scope, req.host, req.port)
         origin = rt.pool.checkout(key)
         reused = origin is not None
         if origin is None:

@@ -6,6 +6,8 @@ Public API::
         await dial(host, port, *, timeout, client_ip="", isolation=None) -> Connection
         await probe(*, timeout) -> float      # handshake-only proof of life, seconds
         .config, .label ("upstream tor (127.0.0.1:9050)"), .isolates
+        scope(isolation, client_ip) -> str | None   # what one isolation credential covers
+    isolation_scope(route, isolation, client_ip) -> str   # for pool keys, any route
     UpstreamSet(configs, *, clock=time.time, monotonic=time.monotonic)
         dialers() get(name) tor report_failure(name, err) report_success(name, seconds)
         status() -> [UpstreamStatus]  unavailable_error(host, port)
@@ -29,6 +31,8 @@ upstream's address.
   IsolateSOCKSAuth (on by default) then builds separate circuits per key, so an exit
   cannot link visits to different sites. A configured username is replaced by the key.
   Keys over 255 bytes are hashed. Pool connections by key as well as by route.
+  With ``isolate_clients`` the key also names the LAN client's address, so two people
+  in one household visiting the same site do not share a circuit either.
 
 Errors are ``DialError`` subclasses, never python-socks or OSError:
 
@@ -71,7 +75,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from proxyd.config import UpstreamConfig
-from proxyd.dialers import Address, Connection, happy_eyeballs, resolve
+from proxyd.dialers import Address, Connection, Dialer, happy_eyeballs, resolve
 from proxyd.errors import DialError, DnsLookupError, UpstreamError, UpstreamUnavailable
 from proxyd.upstream_handshake import (
     ClientHandshake,
@@ -101,6 +105,12 @@ class UpstreamDialer:
     def isolates(self) -> bool:
         return self.config.isolate
 
+    def scope(self, isolation: str | None, client_ip: str) -> str | None:
+        """What one isolation credential covers: a domain, or a domain for one client."""
+        if self.config.isolate_clients and isolation and client_ip:
+            return f"{isolation} {client_ip}"
+        return isolation
+
     async def dial(
         self,
         host: str,
@@ -117,7 +127,8 @@ class UpstreamDialer:
         try:
             async with asyncio.timeout(timeout):
                 address, resolved = await self._wire_address(host, port)
-                handshake = self._handshake(Target(host, port, address, self.label), isolation)
+                target = Target(host, port, address, self.label)
+                handshake = self._handshake(target, self.scope(isolation, client_ip))
                 sock, peer = await self._connect_upstream(host, port)
                 await _run_handshake(sock, handshake)
         except TimeoutError:
@@ -223,6 +234,13 @@ class UpstreamStatus:
 class _Entry:
     dialer: UpstreamDialer
     health: UpstreamHealth
+
+
+def isolation_scope(route: Dialer, isolation: str | None, client_ip: str) -> str:
+    """The isolation part of a pool key: connections isolated apart must never be shared."""
+    if isinstance(route, UpstreamDialer):
+        return route.scope(isolation, client_ip) or ""
+    return isolation or ""
 
 
 class UpstreamSet:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from proxyd.config import UpstreamConfig
-from proxyd.dialers import Connection
+from proxyd.dialers import Connection, DirectDialer
 from proxyd.errors import (
     ConnectionRefused,
     ConnectTimeout,
@@ -29,7 +29,7 @@ from proxyd.errors import (
     OnionServiceError,
     UpstreamError,
 )
-from proxyd.upstreams import UpstreamDialer, UpstreamSet
+from proxyd.upstreams import UpstreamDialer, UpstreamSet, isolation_scope
 from tests.support.origin import EchoServer
 from tests.support.proc import Proxyd
 
@@ -423,6 +423,33 @@ async def test_isolation_key_reaches_the_upstream_as_socks_username(echo: EchoSe
         plain = dialer(f"socks5h://{server.url}", tor=True, isolate=False)
         with pytest.raises(UpstreamError, match="accepts none of our authentication methods"):
             await plain.dial("127.0.0.1", echo.port, timeout=5, isolation="example.org")
+    finally:
+        server.stop()
+
+
+async def test_per_client_isolation_names_the_lan_client_in_the_socks_username(
+    echo: EchoServer,
+) -> None:
+    # microsocks accepts one user: only example.org for the client 198.18.1.2 gets through.
+    server = Microsocks("-u", "example.org 198.18.1.2", "-P", "proxyd")
+    try:
+        config = UpstreamConfig.from_url(
+            "tor", f"socks5h://{server.url}", tor=True, isolate_clients=True
+        )
+        tor = UpstreamDialer(config)
+        conn = await tor.dial(
+            "127.0.0.1", echo.port, timeout=5, client_ip="198.18.1.2", isolation="example.org"
+        )
+        assert await roundtrip(conn) == b"ping through the upstream"
+        with pytest.raises(UpstreamError, match="rejected the username and password"):
+            await tor.dial(
+                "127.0.0.1", echo.port, timeout=5, client_ip="198.18.1.3", isolation="example.org"
+            )
+        # Pooled plain-HTTP connections are kept apart by the same scope.
+        assert isolation_scope(tor, "example.org", "198.18.1.2") == "example.org 198.18.1.2"
+        per_domain = dialer(f"socks5h://{server.url}", tor=True)
+        assert isolation_scope(per_domain, "example.org", "198.18.1.2") == "example.org"
+        assert isolation_scope(DirectDialer(), "example.org", "198.18.1.2") == "example.org"
     finally:
         server.stop()
 

@@ -147,6 +147,16 @@ def test_isolation_defaults_to_on_for_tor_only() -> None:
     assert config.upstream("t").isolate and not config.upstream("s").isolate
 
 
+def test_per_client_isolation_is_off_by_default_and_refines_domain_isolation() -> None:
+    text = (
+        '[[upstream]]\nname = "t"\nurl = "socks5h://127.0.0.1:9050"\ntor = true\n'
+        "isolate_clients = true\n"
+        '[[upstream]]\nname = "u"\nurl = "socks5h://127.0.0.1:9150"\ntor = true\n'
+    )
+    config = parse_config(text, source="f")
+    assert config.upstream("t").isolate_clients and not config.upstream("u").isolate_clients
+
+
 def test_several_tor_upstreams_are_allowed_and_the_first_serves_onion() -> None:
     text = "".join(
         f'[[upstream]]\nname = "{name}"\nurl = "socks5h://127.0.0.1:{port}"\ntor = true\n'
@@ -169,6 +179,12 @@ TOR = '[[upstream]]\nname = "tor"\nurl = "socks5h://127.0.0.1:9050"\n'  # lines 
 
 ERRORS = [
     # (text, line, key, part of the message)
+    (
+        TOR + "isolate = false\nisolate_clients = true\n",
+        5,
+        "upstream[0].isolate_clients",
+        "set isolate = true too",
+    ),
     ('log_level = "info"\nlisen = ["127.0.0.1:1"]\n', 2, "lisen", "did you mean 'listen'"),
     ("[limits]\nmax_headers = 10\nmax_conections = 1\n", 3, "limits.max_conections", "unknown"),
     (
