@@ -360,26 +360,28 @@ async def _probe(
         writer.close()
 
 
-async def probe_tls(
-    direct: DirectDialer, host: str, timeout: float, classify: Classifier
-) -> Reason | None:
-    """A TLS handshake with the real SNI and no user data: what SNI filters react to.
-
-    Certificates are not verified: the question is whether the handshake gets through,
-    not whether to trust the server; nothing is sent after it.
-    """
+async def _tls_handshake(writer: asyncio.StreamWriter, host: str) -> Reason | None:
+    """The handshake with the real SNI; certificates are not verified: the question is
+    whether the handshake gets through, not whether to trust the server."""
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
+    try:
+        await writer.start_tls(context, server_hostname=host)
+    except ssl.SSLError:
+        return Reason.TLS_ALERT_AFTER_HELLO
+    except asyncio.IncompleteReadError:
+        return Reason.EOF_BEFORE_RESPONSE
+    return None
+
+
+async def probe_tls(
+    direct: DirectDialer, host: str, timeout: float, classify: Classifier
+) -> Reason | None:
+    """A TLS handshake with the real SNI and no user data: what SNI filters react to."""
 
     async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Reason | None:
-        try:
-            await writer.start_tls(context, server_hostname=host)
-        except ssl.SSLError:
-            return Reason.TLS_ALERT_AFTER_HELLO
-        except asyncio.IncompleteReadError:
-            return Reason.EOF_BEFORE_RESPONSE
-        return None
+        return await _tls_handshake(writer, host)
 
     return await _probe(direct, host, 443, timeout, exchange)
 
@@ -393,20 +395,14 @@ async def probe_tls_transfer(
     page too small to pass the freeze proves nothing and counts as still frozen: better
     a domain kept on its upstream than one sent back to break twice more.
     """
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
     request = (
         f"GET / HTTP/1.1\r\nHost: {host}\r\nAccept-Encoding: identity\r\nConnection: close\r\n\r\n"
     ).encode()
 
     async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Reason | None:
-        try:
-            await writer.start_tls(context, server_hostname=host)
-        except ssl.SSLError:
-            return Reason.TLS_ALERT_AFTER_HELLO
-        except asyncio.IncompleteReadError:
-            return Reason.EOF_BEFORE_RESPONSE
+        failure = await _tls_handshake(writer, host)
+        if failure is not None:
+            return failure
         writer.write(request)
         await writer.drain()
         received = 0
