@@ -140,9 +140,8 @@ def classify_dial_error(err: DialError) -> Reason:
         return Reason.GENERIC_FAILURE
 
 
-# --- TLS -------------------------------------------------------------------------------
+# --- the 16 KB freeze ----------------------------------------------------------------
 
-_HANDSHAKE, _ALERT = 0x16, 0x15
 # The "16 KB freeze": a filter lets a connection carry some server data (seen from 10 to
 # 25 KB, often about 16 KB) and then drops every server packet for good. The connection
 # cannot be told from an idle one by its bytes (they are encrypted), only by its shape:
@@ -164,6 +163,9 @@ def is_stall(server_bytes: int, *, server_closed: bool, silence: float, stall_af
     )
 
 
+# --- TLS -------------------------------------------------------------------------------
+
+_HANDSHAKE, _ALERT = 0x16, 0x15
 _TLS_CONTENT_TYPES = range(0x14, 0x19)  # change_cipher_spec .. heartbeat
 _CLIENT_HELLO, _SERVER_HELLO = 1, 2
 _EXT_SERVER_NAME, _EXT_SUPPORTED_VERSIONS = 0, 43
