@@ -6,6 +6,7 @@ API::
     encode_response_for_client(resp, *, keep_alive) -> bytes  head for the client
     error_response(status, text, *, extra_headers=()) -> bytes   plain text, Connection: close
     simple_response(status, body, *, content_type, keep_alive=False, extra_headers=()) -> bytes
+    HOP_BY_HOP, FRAMING_FIELDS   lowercase field names: never forwarded / the body's framing
 
 Encoders strip hop-by-hop fields (Connection and the fields it names, Keep-Alive,
 Proxy-Connection, Proxy-Authorization, Proxy-Authenticate, TE, Trailer, Upgrade) but never
@@ -22,13 +23,17 @@ from http import HTTPStatus
 from proxyd.http1 import TCHAR, BodyKind, Request, Response, field_tokens
 
 __all__ = [
+    "FRAMING_FIELDS",
+    "HOP_BY_HOP",
     "encode_request_for_origin",
     "encode_response_for_client",
     "error_response",
     "simple_response",
 ]
 
-_HOP_BY_HOP = frozenset(
+# Hop-by-hop fields (RFC 9110 7.6.1 and the Proxy-* ones) never cross a proxy; the mirror
+# client and answer build their own drop lists from these too.
+HOP_BY_HOP = frozenset(
     (
         "connection",
         "keep-alive",
@@ -40,7 +45,7 @@ _HOP_BY_HOP = frozenset(
         "upgrade",
     )
 )
-_FRAMING_FIELDS = frozenset(("host", "content-length", "transfer-encoding"))
+FRAMING_FIELDS = frozenset(("host", "content-length", "transfer-encoding"))
 
 
 def _forwarded_lines(
@@ -48,10 +53,10 @@ def _forwarded_lines(
 ) -> list[str]:
     """Field lines minus hop-by-hop ones, one Content-Length, Host first when ``host_line``."""
     keys = "\n".join([name for name, _ in headers]).lower().split("\n") if headers else []
-    drop = _HOP_BY_HOP
+    drop = HOP_BY_HOP
     if "connection" in keys:
         named = ",".join([v for k, (_, v) in zip(keys, headers, strict=True) if k == "connection"])
-        drop = drop | (field_tokens(named) - _FRAMING_FIELDS)
+        drop = drop | (field_tokens(named) - FRAMING_FIELDS)
     if keep_upgrade:
         drop = drop - {"upgrade"}
     lines = [] if host_line is None else [host_line]

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Protocol
 import aiohttp
 
 from proxyd import http1
+from proxyd.http1_encode import HOP_BY_HOP
 from proxyd.mirror_rewrite import (
     BodyDecoder,
     BodyPlan,
@@ -43,21 +44,14 @@ if TYPE_CHECKING:
 log = logging.getLogger("proxyd.mirror")
 
 _KEEPS_BODY = frozenset(("GET", "HEAD"))
-_DROP_RESPONSE = frozenset(
-    (
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "transfer-encoding",
-        "te",
-        "trailer",
-        "upgrade",
-        "content-length",
-        # Over plain HTTP to the browser these name the mirror's HTTPS endpoints.
-        "strict-transport-security",
-        "alt-svc",
-    )
-)
+# The body is re-framed for the client; over plain HTTP to the browser HSTS and Alt-Svc
+# would name the mirror's HTTPS endpoints.
+_DROP_RESPONSE = HOP_BY_HOP | {
+    "transfer-encoding",
+    "content-length",
+    "strict-transport-security",
+    "alt-svc",
+}
 _URL_HEADERS = frozenset(("location", "content-location", "refresh"))
 
 

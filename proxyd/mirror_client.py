@@ -30,6 +30,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from proxyd.detect import Reason, classify_dial_error
 from proxyd.dialers import Dialer
 from proxyd.errors import DialError
+from proxyd.http1_encode import FRAMING_FIELDS, HOP_BY_HOP
 from proxyd.mirror_rewrite import HostMap
 from proxyd.race import spawn
 from proxyd.routing import RoutePlan
@@ -37,21 +38,8 @@ from proxyd.routing import RoutePlan
 if TYPE_CHECKING:
     from proxyd.runtime import Runtime
 
-_DROP_REQUEST = frozenset(
-    (
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "upgrade",
-        "host",
-        "content-length",
-        "transfer-encoding",
-        "accept-encoding",
-    )
-)
+# aiohttp writes framing and Host itself; Accept-Encoding only names what we can decode.
+_DROP_REQUEST = HOP_BY_HOP | FRAMING_FIELDS | {"accept-encoding"}
 _CODINGS_WE_DECODE = ("gzip", "x-gzip", "deflate", "identity")
 _SKIP_AUTO = ("Accept", "Accept-Encoding", "User-Agent")
 
