@@ -38,7 +38,7 @@ from proxyd.learning import SCHEMA_VERSION, LearningTable, StateFormatError
 from proxyd.routes_table import format_table
 from proxyd.routing import Router
 from proxyd.statefile import StateError, default_state_dir, save_state
-from proxyd.upstreams import UpstreamSet
+from proxyd.upstream_set import UpstreamSet
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from proxyd.learned import LearnedRoutes
     from proxyd.mirror import MirrorSet
     from proxyd.mirror_route import MirrorRoute
-    from proxyd.upstreams import UpstreamSet
+    from proxyd.upstream_set import UpstreamSet
 
 log = logging.getLogger("proxyd.routing")
 

@@ -10,7 +10,7 @@ from proxyd.learned import LearnedRoutes
 from proxyd.pool import OriginPool
 from proxyd.routing import Router
 from proxyd.stats import Stats
-from proxyd.upstreams import UpstreamSet
+from proxyd.upstream_set import UpstreamSet
 
 
 @dataclass(slots=True)

@@ -28,7 +28,7 @@ from proxyd.pool import OriginPool
 from proxyd.routing import Router
 from proxyd.runtime import Runtime
 from proxyd.stats import Stats
-from proxyd.upstreams import UpstreamSet
+from proxyd.upstream_set import UpstreamSet
 
 log = logging.getLogger("proxyd")
 

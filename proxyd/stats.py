@@ -53,7 +53,7 @@ route was chosen):
   only a first admin request does.
 - ``UpstreamHealth``: one upstream's health as a scrape and the status page read it
   (``name``, ``up``, ``latency`` in seconds or None, ``last_error``), the shape of
-  ``upstreams.UpstreamStatus`` (duck-typed).
+  ``upstream_set.UpstreamStatus`` (duck-typed).
 """
 
 from __future__ import annotations

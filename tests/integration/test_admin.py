@@ -31,7 +31,7 @@ from proxyd.detect import Reason
 from proxyd.learned import LearnedRoutes
 from proxyd.learning import DomainState, Evidence, Scope, Source, State
 from proxyd.stats import Stats
-from proxyd.upstreams import UpstreamStatus
+from proxyd.upstream_set import UpstreamStatus
 from tests.support.origin import OriginServer
 from tests.support.proc import Proxyd
 from tests.unit.test_pac import evaluate_pac, needs_node

@@ -29,7 +29,8 @@ from proxyd.errors import (
     OnionServiceError,
     UpstreamError,
 )
-from proxyd.upstreams import UpstreamDialer, UpstreamSet, isolation_scope
+from proxyd.upstream_set import UpstreamSet
+from proxyd.upstreams import UpstreamDialer, isolation_scope
 from tests.support.origin import EchoServer
 from tests.support.proc import Proxyd
 

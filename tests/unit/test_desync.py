@@ -16,7 +16,7 @@ from proxyd.detect import Reason
 from proxyd.dialers import DirectDialer
 from proxyd.learned import LearnedRoutes
 from proxyd.routing import Router
-from proxyd.upstreams import UpstreamSet
+from proxyd.upstream_set import UpstreamSet
 
 
 def client_hello(tls_ca: trustme.CA, name: str) -> bytes:

@@ -17,7 +17,7 @@ from proxyd.learned import LearnedRoutes
 from proxyd.learning import Source, State
 from proxyd.lists import ListError, parse_list
 from proxyd.routing import Router
-from proxyd.upstreams import UpstreamSet
+from proxyd.upstream_set import UpstreamSet
 
 
 def listed(text: str, fmt: str, *hosts: str) -> list[bool]:

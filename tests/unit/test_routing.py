@@ -16,7 +16,7 @@ from proxyd.dialers import DirectDialer
 from proxyd.errors import Forbidden, UpstreamUnavailable
 from proxyd.learned import LearnedRoutes
 from proxyd.routing import Router
-from proxyd.upstreams import UpstreamSet
+from proxyd.upstream_set import UpstreamSet
 
 UPSTREAMS = """
 [[upstream]]

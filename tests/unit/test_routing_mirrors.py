@@ -15,7 +15,7 @@ from proxyd.dialers import DirectDialer
 from proxyd.learned import LearnedRoutes
 from proxyd.mirror import MirrorSet
 from proxyd.routing import MirrorHttpsUnavailable, Router
-from proxyd.upstreams import UpstreamSet
+from proxyd.upstream_set import UpstreamSet
 
 TOR = '[[upstream]]\nname = "tor"\nurl = "socks5h://127.0.0.1:9050"\n'
 NO_UPSTREAM = "upstream = []\n"

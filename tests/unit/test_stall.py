@@ -14,7 +14,7 @@ from proxyd.dialers import DirectDialer
 from proxyd.learned import LearnedRoutes
 from proxyd.learning import DIRECT, STALL_SUSPECT_FOR, LearningTable, State
 from proxyd.routing import Router
-from proxyd.upstreams import UpstreamSet
+from proxyd.upstream_set import UpstreamSet
 
 T0 = 1_700_000_000.0
 FROZEN = 16 * 1024
