@@ -19,11 +19,10 @@ import fcntl
 import socket
 import struct
 
-from proxyd.detect import sni_from_client_hello
 from proxyd.dialers import Connection, DirectDialer
+from proxyd.tls_hello import HANDSHAKE, sni_from_client_hello
 
 ROUTE = "desync"
-TLS_HANDSHAKE = 0x16
 # Linux: bytes in the send queue not yet sent (linux/sockios.h).
 _SIOCOUTQNSD = 0x894B
 # How long to wait for the first part to leave as its own segment before sending the rest.
@@ -34,7 +33,7 @@ _FLUSH_POLL_SECONDS = 0.001
 def split_point(data: bytes) -> int | None:
     """Where to cut ``data`` so no segment holds the whole destination name; None when
     ``data`` names no host (nothing a filter could match on)."""
-    if data[:1] == bytes([TLS_HANDSHAKE]):
+    if data[:1] == bytes([HANDSHAKE]):
         name = sni_from_client_hello(data)
         start = data.find(name.encode("ascii")) if name else -1
         return start + max(1, len(name) // 2) if name and start >= 0 else None

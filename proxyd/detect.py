@@ -13,7 +13,6 @@ Public API:
   -> Reason | None``: None means "looks like a real server".
 - ``Fingerprints.compile(patterns, location=[...], body=[...], body_window=...)``:
   configured block page patterns (``re`` syntax, searched; a bad one raises ``re.error``).
-- ``sni_from_client_hello(data) -> str | None``.
 - ``is_stall(server_bytes, *, server_closed, silence, stall_after) -> bool``: a direct
   tunnel that ended this way froze after some data (the "16 KB freeze"); weak evidence.
 - ``DnsPoisonDetector(blockpage_networks, *, same_address_threshold, window)`` with
@@ -45,6 +44,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from urllib.parse import urlsplit
 
+from proxyd import tls_hello
 from proxyd.domains import (
     LOCAL_NETWORKS,
     IPAddress,
@@ -165,119 +165,20 @@ def is_stall(server_bytes: int, *, server_closed: bool, silence: float, stall_af
 
 # --- TLS -------------------------------------------------------------------------------
 
-_HANDSHAKE, _ALERT = 0x16, 0x15
-_TLS_CONTENT_TYPES = range(0x14, 0x19)  # change_cipher_spec .. heartbeat
-_CLIENT_HELLO, _SERVER_HELLO = 1, 2
-_EXT_SERVER_NAME, _EXT_SUPPORTED_VERSIONS = 0, 43
 _TLS13 = 0x0304
 
 
-class _Truncated(Exception):
-    """The bytes end (or lie) before the field we need."""
-
-
-class _Reader:
-    def __init__(self, data: bytes) -> None:
-        self._data = data
-        self._pos = 0
-
-    def take(self, n: int) -> bytes:
-        if self._pos + n > len(self._data):
-            raise _Truncated
-        chunk = self._data[self._pos : self._pos + n]
-        self._pos += n
-        return chunk
-
-    def uint(self, n: int) -> int:
-        return int.from_bytes(self.take(n), "big")
-
-    def vector(self, length_bytes: int) -> bytes:
-        return self.take(self.uint(length_bytes))
-
-    def take_available(self, n: int) -> bytes:
-        chunk = self._data[self._pos : self._pos + n]
-        self._pos += len(chunk)
-        return chunk
-
-    def at_end(self) -> bool:
-        return self._pos >= len(self._data)
-
-
-def _is_tls_record(data: bytes, content_type: int) -> bool:
-    return len(data) >= 3 and data[0] == content_type and data[1] == 0x03
-
-
-def _handshake_message(data: bytes, msg_type: int) -> _Reader:
-    """The body of the first handshake message, reassembled across records.
-
-    A ClientHello may be split over several records (large post-quantum key shares,
-    or a record-splitting desync trick), so fragments are joined; whatever is missing
-    at the end surfaces as ``_Truncated`` when a field is read.
-    """
-    fragments = bytearray()
-    records = _Reader(data)
-    header = records.take_available(5)
-    while len(header) == 5 and header[0] == _HANDSHAKE:
-        fragments += records.take_available(int.from_bytes(header[3:5], "big"))
-        header = records.take_available(5)
-    message = _Reader(bytes(fragments))
-    if message.uint(1) != msg_type:
-        raise _Truncated
-    body_length = message.uint(3)
-    return _Reader(bytes(fragments[4 : 4 + body_length]))
-
-
-def _client_hello_after_session_id(data: bytes) -> tuple[bytes, _Reader]:
-    """(legacy_session_id, the rest of the ClientHello); raises _Truncated."""
-    hello = _handshake_message(data, _CLIENT_HELLO)
-    hello.take(2 + 32)  # legacy_version, random
-    return hello.vector(1), hello
-
-
-def _extensions(message: _Reader) -> dict[int, bytes]:
-    if message.at_end():
-        return {}
-    extensions = {}
-    block = _Reader(message.vector(2))
-    while not block.at_end():
-        ext_type = block.uint(2)
-        extensions[ext_type] = block.vector(2)
-    return extensions
-
-
-def sni_from_client_hello(data: bytes) -> str | None:
-    """The server_name of a (possibly fragmented or truncated) ClientHello, if present."""
-    try:
-        _, hello = _client_hello_after_session_id(data)
-        hello.vector(2)  # cipher_suites
-        hello.vector(1)  # legacy_compression_methods
-        names = _Reader(_Reader(_extensions(hello)[_EXT_SERVER_NAME]).vector(2))
-        while not names.at_end():
-            name_type, name = names.uint(1), names.vector(2)
-            if name_type == 0:  # host_name
-                text = name.decode("ascii").lower()
-                return text if text and text.isprintable() and " " not in text else None
-    except (_Truncated, KeyError, UnicodeDecodeError):
-        pass
-    return None
-
-
 def _classify_tls(client: bytes, server: bytes) -> Reason | None:
-    if len(server) >= 1 and server[0] not in _TLS_CONTENT_TYPES:
+    if len(server) >= 1 and server[0] not in tls_hello.CONTENT_TYPES:
         # Plain bytes (typically an HTTP block page) thrown at a ClientHello.
         return Reason.TLS_UNEXPECTED_RESPONSE
-    if len(server) < 5:
+    if len(server) < tls_hello.RECORD_HEADER:
         return None
-    if _is_tls_record(server, _ALERT):
+    if tls_hello.is_record(server, tls_hello.ALERT):
         return Reason.TLS_ALERT_AFTER_HELLO
-    try:
-        client_session_id, _ = _client_hello_after_session_id(client)
-        hello = _handshake_message(server, _SERVER_HELLO)
-        hello.take(2 + 32)
-        echoed_session_id = hello.vector(1)
-        hello.take(2 + 1)  # cipher_suite, legacy_compression_method
-        selected = _extensions(hello).get(_EXT_SUPPORTED_VERSIONS)
-    except _Truncated:
+    client_session_id = tls_hello.client_session_id(client)
+    answer = tls_hello.server_hello(server)
+    if client_session_id is None or answer is None:
         return None
     # RFC 8446 §4.1.3: a TLS 1.3 server (and its HelloRetryRequest) MUST echo the
     # client's legacy_session_id, and clients abort otherwise, so a 1.3 ServerHello
@@ -285,7 +186,7 @@ def _classify_tls(client: bytes, server: bytes) -> Reason | None:
     # never saw the real ClientHello produces. A TLS 1.2 server may legitimately answer
     # with a fresh id (full handshake, or the client's id not resumable), so a 1.2
     # ServerHello is never called injected on the session id alone.
-    if selected == _TLS13.to_bytes(2, "big") and echoed_session_id != client_session_id:
+    if answer.version == _TLS13 and answer.session_id != client_session_id:
         return Reason.TLS_INJECTED
     return None
 
@@ -382,7 +283,7 @@ def _classify_http(request_host: str, server: bytes, fingerprints: Fingerprints)
 def classify_first_response(
     client_first_bytes: bytes, server_first_bytes: bytes, *, fingerprints: Fingerprints
 ) -> Reason | None:
-    if _is_tls_record(client_first_bytes, _HANDSHAKE):
+    if tls_hello.is_record(client_first_bytes, tls_hello.HANDSHAKE):
         return _classify_tls(client_first_bytes, server_first_bytes)
     request_host = _request_host(client_first_bytes)
     if request_host is not None:

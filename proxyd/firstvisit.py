@@ -30,14 +30,13 @@ from proxyd.race import (
     take_answer,
 )
 from proxyd.routing import RoutePlan
+from proxyd.tls_hello import HANDSHAKE, RECORD_HEADER
 
 if TYPE_CHECKING:
     from proxyd.runtime import Runtime
 
 log = logging.getLogger("proxyd.firstvisit")
 
-TLS_HANDSHAKE = 0x16
-TLS_HEADER = 5
 # Failures that still carry the server's answer (delivered if every route says the same).
 ANSWERS = frozenset(
     {
@@ -224,7 +223,7 @@ class TunnelVisit:
         if not self._client_bytes.done() or self._client_bytes.exception() is not None:
             return True
         data = self._client_bytes.result()
-        return not data or data[0] == TLS_HANDSHAKE
+        return not data or data[0] == HANDSHAKE
 
     async def _attempt(self, leg: Leg) -> tuple[Connection, bytes]:
         rt = self.rt
@@ -315,8 +314,8 @@ class TunnelVisit:
             data = await self.loop.sock_recv(self.client, limit)
             if not data:
                 raise ClientGone
-            if data[0] == TLS_HANDSHAKE and len(data) >= TLS_HEADER:
-                record = TLS_HEADER + int.from_bytes(data[3:5], "big")
+            if data[0] == HANDSHAKE and len(data) >= RECORD_HEADER:
+                record = RECORD_HEADER + int.from_bytes(data[3:5], "big")
                 while len(data) < min(record, limit):
                     more = await self.loop.sock_recv(self.client, min(record, limit) - len(data))
                     if not more:

@@ -10,7 +10,7 @@ import trustme
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxyd import errors
+from proxyd import errors, tls_hello
 from proxyd.detect import (
     DnsPoisonDetector,
     Fingerprints,
@@ -18,8 +18,8 @@ from proxyd.detect import (
     Strength,
     classify_dial_error,
     classify_first_response,
-    sni_from_client_hello,
 )
+from proxyd.tls_hello import sni_from_client_hello
 
 NO_FINGERPRINTS = Fingerprints()
 SESSION_ID = slice(44, 76)  # record header 5, handshake header 4, version 2, random 32, len 1
@@ -312,3 +312,10 @@ def test_repeated_address_rule_forgets_old_answers_and_ignores_multi_address_ans
     assert detector.check("three.example", ["198.18.5.5"], now=100.0) is None
     for name in ("four.example", "five.example", "six.example"):
         assert detector.check(name, ["198.18.5.5", "198.18.5.6"], now=101.0) is None
+
+
+def test_truncated_or_foreign_hellos_read_as_nothing_not_an_exception() -> None:
+    short_server_hello = b"\x16\x03\x03\x00\x05\x02\x00\x00\x46\x03"
+    assert tls_hello.server_hello(short_server_hello) is None
+    assert tls_hello.client_session_id(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n") is None
+    assert tls_hello.sni_from_client_hello(b"\x16\x03\x01\x00") is None
