@@ -24,8 +24,8 @@ import timeit
 from types import SimpleNamespace
 from typing import Any
 
-from proxyd.accounting import RequestRecord, finish
-from proxyd.stats import NullStats, Stats
+from proxyd.dataplane._accounting import RequestRecord, finish
+from proxyd.learning._stats import NullStats, Stats
 
 
 def _hot_lane_books(rt: Any) -> None:

@@ -21,9 +21,9 @@ from collections.abc import Callable
 
 import httptools
 
-from proxyd.http1 import parse_request, parse_response
-from proxyd.http1_body import BodyScanner
-from proxyd.http1_encode import encode_request_for_origin, encode_response_for_client
+from proxyd.protocol._http1 import parse_request, parse_response
+from proxyd.protocol._http1_body import BodyScanner
+from proxyd.protocol._http1_encode import encode_request_for_origin, encode_response_for_client
 
 BROWSER_REQUEST = (
     b"GET http://www.example.com/articles/2024/05/some-article.html?ref=home HTTP/1.1\r\n"

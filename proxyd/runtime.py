@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from proxyd.access import AccessPolicy
-from proxyd.config import Config
-from proxyd.learned import LearnedRoutes
-from proxyd.pool import OriginPool
-from proxyd.routing import Router
-from proxyd.stats import Stats
-from proxyd.upstream_set import UpstreamSet
+from proxyd.access._policy import AccessPolicy
+from proxyd.config._config import Config
+from proxyd.learning._stats import Stats
+from proxyd.outbound._pool import OriginPool
+from proxyd.outbound._upstream_set import UpstreamSet
+from proxyd.routing._learned import LearnedRoutes
+from proxyd.routing._router import Router
 
 
 @dataclass(slots=True)

@@ -12,7 +12,7 @@ from netlab import NetLab
 
 DIAL_SCRIPT = """
 import asyncio, json, socket, sys, time
-from proxyd.dialers import happy_eyeballs
+from proxyd.outbound._dialers import happy_eyeballs
 
 async def main():
     addresses = [(socket.AF_INET, (ip, 80)) for ip in sys.argv[1:]]

@@ -19,9 +19,9 @@ import sys
 import atheris
 
 with atheris.instrument_imports(include=["proxyd"]):
-    import proxyd.http1
-    import proxyd.http1_body
-    import proxyd.socks  # noqa: F401  (imported here so coverage guides the fuzzer)
+    import proxyd.protocol._http1
+    import proxyd.protocol._http1_body
+    import proxyd.protocol._socks  # noqa: F401  (imported here so coverage guides the fuzzer)
 
 from tests.fuzz.targets import TARGETS
 

@@ -20,9 +20,9 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable
 
-from proxyd.http1 import Framing, HttpError, Request, parse_request, parse_response
-from proxyd.http1_body import BodyScanner
-from proxyd.socks import ConnectRequest, Event, HandshakeFailed, SendBytes, SocksHandshake
+from proxyd.protocol._http1 import Framing, HttpError, Request, parse_request, parse_response
+from proxyd.protocol._http1_body import BodyScanner
+from proxyd.protocol._socks import ConnectRequest, Event, HandshakeFailed, SendBytes, SocksHandshake
 
 LIMITS = {"max_head": 4096, "max_headers": 32, "max_line": 1024}
 _FIELD_NAME = frozenset(

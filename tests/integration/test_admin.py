@@ -23,15 +23,15 @@ from typing import Any
 import aiohttp
 import pytest
 
-from proxyd.access import AccessPolicy
-from proxyd.admin import AdminContext, AdminServer
-from proxyd.cli_routes import routes_command
-from proxyd.config import LearningConfig
-from proxyd.detect import Reason
-from proxyd.learned import LearnedRoutes
-from proxyd.learning import DomainState, Evidence, Scope, Source, State
-from proxyd.stats import Stats
-from proxyd.upstream_set import UpstreamStatus
+from proxyd.access._policy import AccessPolicy
+from proxyd.config._config import LearningConfig
+from proxyd.learning._detect import Reason
+from proxyd.learning._stats import Stats
+from proxyd.learning._table import DomainState, Evidence, Scope, Source, State
+from proxyd.ops._admin import AdminContext, AdminServer
+from proxyd.ops._cli_routes import routes_command
+from proxyd.outbound._upstream_set import UpstreamStatus
+from proxyd.routing._learned import LearnedRoutes
 from tests.support.origin import OriginServer
 from tests.support.proc import Proxyd
 from tests.unit.test_pac import evaluate_pac, needs_node

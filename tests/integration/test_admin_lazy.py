@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from proxyd.admin import AdminServer
+from proxyd.ops._admin import AdminServer
 from tests.integration.test_admin import ADMIN_LISTENING, context
 from tests.support.origin import OriginServer
 from tests.support.proc import Proxyd
@@ -137,7 +137,7 @@ async def test_stopping_an_admin_server_nobody_asked_closes_its_port() -> None:
 async def test_an_admin_app_that_cannot_start_is_logged_and_its_port_closed(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from proxyd import admin_app
+    from proxyd.ops import _admin_app as admin_app
 
     def broken(ctx: object) -> None:
         raise RuntimeError("no app today")

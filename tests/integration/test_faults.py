@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from proxyd.learned import STATE_FILE
+from proxyd.routing._learned import STATE_FILE
 from tests.integration.test_admin import ADMIN_LISTENING, wait_until
 from tests.integration.test_errors import exchange, status_of, still_serves
 from tests.support.origin import OriginServer

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from proxyd.inbound_http import CONNECT_ESTABLISHED
+from proxyd.inbound._http import CONNECT_ESTABLISHED
 from tests.integration.test_admin import ADMIN_LISTENING, free_port, wait_until
 from tests.support.origin import OriginServer
 from tests.support.proc import Proxyd

@@ -18,8 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from proxyd.config import UpstreamConfig
-from proxyd.dialers import Connection, DirectDialer
+from proxyd.config._config import UpstreamConfig
 from proxyd.errors import (
     ConnectionRefused,
     ConnectTimeout,
@@ -29,8 +28,9 @@ from proxyd.errors import (
     OnionServiceError,
     UpstreamError,
 )
-from proxyd.upstream_set import UpstreamSet
-from proxyd.upstreams import UpstreamDialer, isolation_scope
+from proxyd.outbound._dialers import Connection, DirectDialer
+from proxyd.outbound._upstream_set import UpstreamSet
+from proxyd.outbound._upstreams import UpstreamDialer, isolation_scope
 from tests.support.origin import EchoServer
 from tests.support.proc import Proxyd
 

@@ -6,7 +6,7 @@ import ipaddress
 
 import pytest
 
-from proxyd.access import AccessPolicy, AuthThrottle, is_own_address
+from proxyd.access._policy import AccessPolicy, AuthThrottle, is_own_address
 from proxyd.errors import Forbidden
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
-from proxyd.detect import Reason
 from proxyd.errors import AnswerTimeout, ConnectTimeout, DialError
-from proxyd.firstvisit import best_error
-from proxyd.race import Failure, RaceResult
+from proxyd.firstvisit._retry import best_error
+from proxyd.learning._detect import Reason
+from proxyd.outbound._race import Failure, RaceResult
 
 
 def result_of(*failures: Failure) -> RaceResult[object]:

@@ -12,8 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxyd._configlines import KeyLines
-from proxyd.config import (
+from proxyd.config._config import (
     DEFAULT_CONFIG,
     ConfigError,
     ListenAddress,
@@ -23,7 +22,8 @@ from proxyd.config import (
     load_config,
     parse_config,
 )
-from proxyd.durations import MAX_DURATION, format_duration, parse_duration, parse_size
+from proxyd.config._durations import MAX_DURATION, format_duration, parse_duration, parse_size
+from proxyd.config._lines import KeyLines
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "proxyd.toml"
 # In the example, "#key = ..." and "#[[table]]" (no space) are settings to uncomment.

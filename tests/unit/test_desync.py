@@ -10,13 +10,13 @@ import trustme
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxyd.config import parse_config
-from proxyd.desync import split_point
-from proxyd.detect import Reason
-from proxyd.dialers import DirectDialer
-from proxyd.learned import LearnedRoutes
-from proxyd.routing import Router
-from proxyd.upstream_set import UpstreamSet
+from proxyd.config._config import parse_config
+from proxyd.learning._detect import Reason
+from proxyd.outbound._desync import split_point
+from proxyd.outbound._dialers import DirectDialer
+from proxyd.outbound._upstream_set import UpstreamSet
+from proxyd.routing._learned import LearnedRoutes
+from proxyd.routing._router import Router
 
 
 def client_hello(tls_ca: trustme.CA, name: str) -> bytes:

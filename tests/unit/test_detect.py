@@ -10,8 +10,8 @@ import trustme
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxyd import errors, tls_hello
-from proxyd.detect import (
+from proxyd import errors
+from proxyd.learning._detect import (
     DnsPoisonDetector,
     Fingerprints,
     Reason,
@@ -19,7 +19,8 @@ from proxyd.detect import (
     classify_dial_error,
     classify_first_response,
 )
-from proxyd.tls_hello import sni_from_client_hello
+from proxyd.protocol import _tls_hello as tls_hello
+from proxyd.protocol._tls_hello import sni_from_client_hello
 
 NO_FINGERPRINTS = Fingerprints()
 SESSION_ID = slice(44, 76)  # record header 5, handshake header 4, version 2, random 32, len 1

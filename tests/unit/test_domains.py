@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxyd.domains import is_local_destination, normalise_host, registrable_domain
+from proxyd.learning._domains import is_local_destination, normalise_host, registrable_domain
 
 
 @pytest.mark.parametrize(

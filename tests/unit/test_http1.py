@@ -7,7 +7,7 @@ import time
 import pytest
 
 from proxyd.errors import ProxydError
-from proxyd.http1 import (
+from proxyd.protocol._http1 import (
     BodyKind,
     Framing,
     HttpError,
@@ -16,8 +16,8 @@ from proxyd.http1 import (
     parse_request,
     parse_response,
 )
-from proxyd.http1_body import BodyScanner
-from proxyd.http1_encode import (
+from proxyd.protocol._http1_body import BodyScanner
+from proxyd.protocol._http1_encode import (
     encode_request_for_origin,
     encode_response_for_client,
     error_response,

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from proxyd.http1 import (
+from proxyd.protocol._http1 import (
     BodyKind,
     Framing,
     HttpError,
@@ -23,8 +23,8 @@ from proxyd.http1 import (
     parse_request,
     parse_response,
 )
-from proxyd.http1_body import BodyScanner
-from proxyd.http1_encode import encode_request_for_origin
+from proxyd.protocol._http1_body import BodyScanner
+from proxyd.protocol._http1_encode import encode_request_for_origin
 
 FUZZING = os.environ.get("HYPOTHESIS_PROFILE") == "fuzz"
 budget = settings(

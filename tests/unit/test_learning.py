@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from proxyd.detect import Reason
-from proxyd.learning import (
+from proxyd.learning._detect import Reason
+from proxyd.learning._table import (
     DIRECT,
     LearningTable,
     Scope,

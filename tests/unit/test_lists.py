@@ -11,13 +11,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxyd.config import ConfigError, dump_config, load_config, parse_config
-from proxyd.dialers import DirectDialer
-from proxyd.learned import LearnedRoutes
-from proxyd.learning import Source, State
-from proxyd.lists import ListError, parse_list
-from proxyd.routing import Router
-from proxyd.upstream_set import UpstreamSet
+from proxyd.config._config import ConfigError, dump_config, load_config, parse_config
+from proxyd.learning._lists import ListError, parse_list
+from proxyd.learning._table import Source, State
+from proxyd.outbound._dialers import DirectDialer
+from proxyd.outbound._upstream_set import UpstreamSet
+from proxyd.routing._learned import LearnedRoutes
+from proxyd.routing._router import Router
 
 
 def listed(text: str, fmt: str, *hosts: str) -> list[bool]:

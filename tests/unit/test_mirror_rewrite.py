@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxyd.mirror_rewrite import (
+from proxyd.mirror._rewrite import (
     PIECE,
     BodyDecoder,
     BodyPlan,

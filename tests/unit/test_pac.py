@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from proxyd.pac import DOMAIN_PATTERN, pac_proxy_endpoint, render_pac
+from proxyd.ops._pac import DOMAIN_PATTERN, pac_proxy_endpoint, render_pac
 
 # The helpers a PAC runtime provides, after Mozilla's ProxyAutoConfig.cpp. Name
 # resolution throws: the PAC must decide from the literal alone, never leak a host to DNS.

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 import pytest
 
-from proxyd.detect import Reason
-from proxyd.dialers import Connection
 from proxyd.errors import ConnectTimeout
-from proxyd.race import AttemptFailed, Leg, dial_in_leg, run_race, take_answer
+from proxyd.learning._detect import Reason
+from proxyd.outbound._dialers import Connection
+from proxyd.outbound._race import AttemptFailed, Leg, dial_in_leg, run_race, take_answer
 
 
 @dataclass

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from proxyd.config import parse_config
-from proxyd.detect import Reason
-from proxyd.dialers import DirectDialer
+from proxyd.config._config import parse_config
 from proxyd.errors import Forbidden, UpstreamUnavailable
-from proxyd.learned import LearnedRoutes
-from proxyd.routing import Router
-from proxyd.upstream_set import UpstreamSet
+from proxyd.learning._detect import Reason
+from proxyd.outbound._dialers import DirectDialer
+from proxyd.outbound._upstream_set import UpstreamSet
+from proxyd.routing._learned import LearnedRoutes
+from proxyd.routing._router import Router
 
 UPSTREAMS = """
 [[upstream]]

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from proxyd.config import parse_config
-from proxyd.detect import Reason
-from proxyd.dialers import DirectDialer
-from proxyd.learned import LearnedRoutes
-from proxyd.mirror import MirrorSet
-from proxyd.routing import MirrorHttpsUnavailable, Router
-from proxyd.upstream_set import UpstreamSet
+from proxyd.config._config import parse_config
+from proxyd.learning._detect import Reason
+from proxyd.mirror._mirror import MirrorSet
+from proxyd.outbound._dialers import DirectDialer
+from proxyd.outbound._upstream_set import UpstreamSet
+from proxyd.routing._learned import LearnedRoutes
+from proxyd.routing._router import MirrorHttpsUnavailable, Router
 
 TOR = '[[upstream]]\nname = "tor"\nurl = "socks5h://127.0.0.1:9050"\n'
 NO_UPSTREAM = "upstream = []\n"

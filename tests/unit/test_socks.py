@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from proxyd.socks import (
+from proxyd.protocol._socks import (
     LARGEST_VALID_HANDSHAKE,
     ConnectRequest,
     HandshakeFailed,

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from proxyd.socks import (
+from proxyd.protocol._socks import (
     AddressType,
     ConnectRequest,
     Event,

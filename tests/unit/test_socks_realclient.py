@@ -19,7 +19,7 @@ import pytest
 from python_socks import ProxyError, ProxyType
 from python_socks.async_.asyncio import Proxy
 
-from proxyd.socks import ConnectRequest, HandshakeFailed, SendBytes, SocksHandshake
+from proxyd.protocol._socks import ConnectRequest, HandshakeFailed, SendBytes, SocksHandshake
 
 DEADLINE = 10.0
 CONNECTION_REFUSED = 0x05

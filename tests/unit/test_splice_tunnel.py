@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import socket
 
-from proxyd.relay import SpliceTunnel
+from proxyd.dataplane._relay import SpliceTunnel
 
 SERVER_DATA = b"s" * 16_000
 

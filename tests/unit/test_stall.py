@@ -8,13 +8,19 @@ from pathlib import Path
 
 import pytest
 
-from proxyd.config import parse_config
-from proxyd.detect import STALL_GIVE_UP_MAX, STALL_MAX_BYTES, STALL_MIN_BYTES, Reason, is_stall
-from proxyd.dialers import DirectDialer
-from proxyd.learned import LearnedRoutes
-from proxyd.learning import DIRECT, STALL_SUSPECT_FOR, LearningTable, State
-from proxyd.routing import Router
-from proxyd.upstream_set import UpstreamSet
+from proxyd.config._config import parse_config
+from proxyd.learning._detect import (
+    STALL_GIVE_UP_MAX,
+    STALL_MAX_BYTES,
+    STALL_MIN_BYTES,
+    Reason,
+    is_stall,
+)
+from proxyd.learning._table import DIRECT, STALL_SUSPECT_FOR, LearningTable, State
+from proxyd.outbound._dialers import DirectDialer
+from proxyd.outbound._upstream_set import UpstreamSet
+from proxyd.routing._learned import LearnedRoutes
+from proxyd.routing._router import Router
 
 T0 = 1_700_000_000.0
 FROZEN = 16 * 1024

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from proxyd.statefile import (
+from proxyd.routing._statefile import (
     SaveScheduler,
     StateLoadError,
     StateSaveError,
@@ -120,7 +120,7 @@ def save_on_private_tmpfs(tmp_path: Path, mount_options: str, payload_size: int)
     script = textwrap.dedent(
         f"""
         import json, os
-        from proxyd.statefile import StateSaveError, save_state
+        from proxyd.routing._statefile import StateSaveError, save_state
         path = os.path.join({str(mountpoint)!r}, "state.json")
         result = {{}}
         if os.path.exists(path):

@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from proxyd.detect import Reason
-from proxyd.learning import DomainState, LearningTable
-from proxyd.metrics import build_registry, exposition
-from proxyd.stats import LATENCY_BUCKETS, Histogram, NullStats, Stats, UpstreamHealth
+from proxyd.learning._detect import Reason
+from proxyd.learning._stats import LATENCY_BUCKETS, Histogram, NullStats, Stats, UpstreamHealth
+from proxyd.learning._table import DomainState, LearningTable
+from proxyd.ops._metrics import build_registry, exposition
 
 
 @dataclass

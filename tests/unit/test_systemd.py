@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from proxyd.systemd import Notifier, SocketActivationError, listen_fds
+from proxyd.ops._systemd import Notifier, SocketActivationError, listen_fds
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEADLINE_SECONDS = 10.0
@@ -192,7 +192,7 @@ os.execv(sys.executable, [sys.executable, "-c", child_code, *child_args])
 # reports what listen_fds made of the fds.
 SERVE_ONE = r"""
 import fcntl, json, os, select, sys
-from proxyd.systemd import listen_fds
+from proxyd.ops._systemd import listen_fds
 inherited = listen_fds()
 report = {
     "names": [i.name for i in inherited],
@@ -213,7 +213,7 @@ print(json.dumps(report))
 """
 
 REPORT_ERROR = r"""
-from proxyd.systemd import SocketActivationError, listen_fds
+from proxyd.ops._systemd import SocketActivationError, listen_fds
 try:
     listen_fds()
 except SocketActivationError as error:

@@ -18,7 +18,7 @@ from proxyd.errors import (
     OnionServiceError,
     UpstreamError,
 )
-from proxyd.upstream_handshake import (
+from proxyd.protocol._upstream_handshake import (
     ClientHandshake,
     HttpConnectHandshake,
     Socks4Handshake,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from proxyd.upstream_health import Transition, UpstreamHealth
+from proxyd.outbound._upstream_health import Transition, UpstreamHealth
 
 T0 = 1000.0
 

@@ -1,0 +1,314 @@
+"""The learning service: the pure ``LearningTable`` plus its clocks, files and probes.
+
+It owns what needs IO around the table: loading and debounced atomic saving of the state
+file, the out-of-band direct re-tests (their probes in ``proxyd.routing._retest_probes``), the
+DNS-poison detector and block-page fingerprints, and the direct RTT estimate that racing
+derives ``race_after`` from.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from proxyd.config._config import LearningConfig
+from proxyd.learning._detect import (
+    DnsPoisonDetector,
+    Fingerprints,
+    Reason,
+    Strength,
+    classify_first_response,
+)
+from proxyd.learning._stats import Stats
+from proxyd.learning._table import DIRECT, DomainState, LearningTable, StateFormatError
+from proxyd.outbound._dialers import DirectDialer
+from proxyd.outbound._race import spawn
+from proxyd.routing._retest_probes import probe_http, probe_tls, probe_tls_transfer
+from proxyd.routing._statefile import (
+    SaveScheduler,
+    StateLoadError,
+    StateSaveError,
+    load_state,
+    quarantine_state,
+    save_state,
+)
+
+log = logging.getLogger("proxyd.learning")
+
+STATE_FILE = "routes.json"
+# Racing starts after a few direct round trips; before any measurement assume a slow link.
+INITIAL_RTT = 0.25
+RACE_RTTS = 4.0
+RACE_CEILING = 2.0
+
+
+class LearnedRoutes:
+    def __init__(
+        self,
+        config: LearningConfig,
+        state_dir: Path,
+        *,
+        connect_timeout: float,
+        clock: Callable[[], float] = time.time,
+        stats: Stats | None = None,
+    ) -> None:
+        self.config = config
+        self.stats = stats if stats is not None else Stats()
+        self.path = state_dir / STATE_FILE
+        self._clock = clock
+        self._connect_timeout = connect_timeout
+        self.table = _table_for(config)
+        self.poison = DnsPoisonDetector(config.blockpage_networks)
+        self.fingerprints = Fingerprints.compile(config.blockpage_fingerprints)
+        self._scheduler = SaveScheduler(debounce=config.save_debounce)
+        self._saved_generation = 0
+        self._save_timer: asyncio.TimerHandle | None = None
+        self._retest_task: asyncio.Task[None] | None = None
+        self._retest_wakeup = asyncio.Event()
+        self._in_flight: set[str] = set()
+        self._srtt = INITIAL_RTT
+        self.save_failed: str | None = None
+        self.on_saved: Callable[[bool], None] | None = None  # told every save's outcome
+
+    # -- configuration -------------------------------------------------------------------
+
+    def reconfigure(self, config: LearningConfig) -> None:
+        """Apply new learning settings to future decisions; the learned entries stay."""
+        data = self.table.to_json()
+        self.table = _table_for(config)
+        self.table.from_json(data)
+        self.config = config
+        self.poison = DnsPoisonDetector(config.blockpage_networks)
+        self.fingerprints = Fingerprints.compile(config.blockpage_fingerprints)
+        self._retest_wakeup.set()
+
+    @property
+    def now(self) -> float:
+        return self._clock()
+
+    @property
+    def race_after(self) -> float:
+        if self.config.race_after is not None:
+            return self.config.race_after
+        return min(max(RACE_RTTS * self._srtt, self.config.race_min), RACE_CEILING)
+
+    def observe_direct_rtt(self, seconds: float) -> None:
+        self._srtt += (seconds - self._srtt) / 8  # RFC 6298's smoothing
+
+    # -- evidence -----------------------------------------------------------------------
+
+    def lookup(self, host: str) -> DomainState | None:
+        return self.table.lookup(host, self.now)
+
+    def direct_worked(self, host: str) -> None:
+        if self.table.is_paused(self.now):
+            log.warning("learning resumed: %s works direct, the network is back", host)
+        self.table.record_direct_success(host, self.now)
+
+    def direct_failed(self, host: str, reason: Reason) -> None:
+        if reason.strength is not Strength.NONE:
+            self.stats.detection(reason)
+        was_paused = self.table.is_paused(self.now)
+        self.table.record_failure(host, DIRECT, reason, self.now)
+        if not was_paused and self.table.is_paused(self.now):
+            log.warning(
+                "learning paused: direct connections to many unrelated domains fail at once "
+                "(latest %s: %s); the network looks down, not censored",
+                host,
+                reason,
+            )
+        self._changed()
+
+    def direct_stalled(self, host: str, server_bytes: int) -> None:
+        """A direct tunnel to ``host`` froze after ``server_bytes`` (``detect.is_stall``)."""
+        self.stats.detection(Reason.STALL_AFTER_DATA)
+        log.debug("direct tunnel to %s stalled after %d bytes", host, server_bytes)
+        if self.table.record_stall(host, self.now):
+            log.info(
+                "%s: direct tunnels froze after some data %d times; the next ones go through "
+                "the upstreams to confirm the block",
+                host,
+                self.config.weak_threshold,
+            )
+
+    def stall_suspected(self, host: str) -> bool:
+        return self.table.stall_suspected(host, self.now)
+
+    def confirm(self, host: str, reason: Reason, working_route: str) -> DomainState | None:
+        """The control rule: ``working_route`` succeeded for the request direct failed."""
+        entry = self.table.confirm_blocked(host, reason, working_route, self.now)
+        if entry is not None:
+            log.info("learned %s blocked: %s on direct; %s works", entry.key, reason, working_route)
+            self._changed()
+        return entry
+
+    def adopt_list_entry(self, host: str, route: str) -> DomainState | None:
+        entry = self.table.adopt_list_entry(host, route, self.now)
+        if entry is None:
+            return self.lookup(host)
+        log.info(
+            "%s is listed blocked: routed via %s until a re-test says otherwise", entry.key, route
+        )
+        self._changed()
+        return entry
+
+    def classify(self, client_bytes: bytes, server_bytes: bytes) -> Reason | None:
+        return classify_first_response(client_bytes, server_bytes, fingerprints=self.fingerprints)
+
+    def check_resolved(self, host: str, addresses: tuple[str, ...]) -> Reason | None:
+        return self.poison.check(host, addresses, now=self.now)
+
+    # -- administration -----------------------------------------------------------------
+
+    def force(self, key: str, route: str) -> DomainState:
+        entry = self.table.force(key, route, self.now)
+        self._changed()
+        return entry
+
+    def forget(self, key: str) -> bool:
+        removed = self.table.forget(key)
+        self._changed()
+        return removed
+
+    # -- persistence ----------------------------------------------------------------------
+
+    def load(self) -> None:
+        try:
+            data = load_state(self.path)
+        except StateLoadError as err:
+            log.warning("cannot read learned routes, starting empty in memory: %s", err)
+            return
+        if data is None:
+            return
+        try:
+            self.table.from_json(data)
+        except StateFormatError as err:
+            moved = quarantine_state(self.path)
+            log.warning("state file %s is not usable (%s); moved to %s", self.path, err, moved)
+            return
+        self._saved_generation = self.table.generation
+        log.info("loaded %d learned routes from %s", len(self.table.snapshot()), self.path)
+
+    def _changed(self) -> None:
+        if self.table.generation == self._saved_generation:
+            return
+        now = time.monotonic()
+        self._scheduler.changed(now)
+        self._arm_save_timer()
+        self._retest_wakeup.set()
+
+    def _arm_save_timer(self) -> None:
+        deadline = self._scheduler.deadline()
+        if deadline is None:
+            return
+        loop = asyncio.get_running_loop()
+        if self._save_timer is not None:
+            self._save_timer.cancel()
+        delay = max(deadline - time.monotonic(), 0.0)
+        self._save_timer = loop.call_later(delay, self._save_due)
+
+    def _save_due(self) -> None:
+        self._save_timer = None
+        if self._scheduler.due(time.monotonic()):
+            spawn(self.save())
+        else:
+            self._arm_save_timer()
+
+    async def save(self) -> bool:
+        """Write the table atomically (off the loop: fsync on flash can take a while)."""
+        generation = self.table.generation
+        captured = time.monotonic()
+        data = self.table.to_json()
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, save_state, self.path, data)
+        except StateSaveError as err:
+            if self.save_failed is None:
+                log.warning("cannot save learned routes (kept in memory): %s", err)
+            self.save_failed = str(err)
+            self._report_save(ok=False)
+            self._scheduler.failed(time.monotonic())
+            self._arm_save_timer()
+            return False
+        if self.save_failed is not None:
+            log.info("learned routes saved again to %s", self.path)
+        self.save_failed = None
+        self._report_save(ok=True)
+        self._saved_generation = generation
+        self._scheduler.saved(captured)
+        log.debug("state saved (%d entries)", len(data.get("entries", ())))
+        if self._scheduler.deadline() is not None:
+            self._arm_save_timer()
+        return True
+
+    def _report_save(self, *, ok: bool) -> None:
+        if self.on_saved is not None:
+            self.on_saved(ok)
+
+    async def close(self) -> None:
+        if self._retest_task is not None:
+            self._retest_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._retest_task
+        if self._save_timer is not None:
+            self._save_timer.cancel()
+        if self.table.generation != self._saved_generation:
+            await self.save()
+
+    # -- re-tests -----------------------------------------------------------------------
+
+    def start_retests(self, direct: DirectDialer) -> None:
+        self._retest_task = asyncio.ensure_future(self._retest_loop(direct))
+
+    async def _retest_loop(self, direct: DirectDialer) -> None:
+        while True:
+            now = self.now
+            for key in self.table.due_retests(now):
+                if key not in self._in_flight:
+                    self._in_flight.add(key)
+                    spawn(self._retest(direct, key))
+            wake_at = self.table.next_timer(now)
+            self._retest_wakeup.clear()
+            timeout = None if wake_at is None else max(wake_at - self.now, 0.05)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._retest_wakeup.wait()
+
+    async def _retest(self, direct: DirectDialer, key: str) -> None:
+        try:
+            entry = self.table.lookup(key, self.now)
+            if entry is None:
+                return
+            host = entry.probe_host
+            timeout = self._connect_timeout
+            froze = any(e.reason is Reason.STALL_AFTER_DATA for e in entry.evidence)
+            results = await asyncio.gather(
+                probe_tls_transfer(direct, host, timeout, self.config.stall_after)
+                if froze
+                else probe_tls(direct, host, timeout, self.classify),
+                probe_http(direct, host, timeout, self.classify),
+            )
+            failure = next((r for r in results if r is not None), None)
+            self.stats.retest_done("ok" if failure is None else "blocked")
+            left = self.table.record_retest(key, failure is None, self.now)
+            if failure is None and (left is None or left.state.value == DIRECT):
+                log.info("retest %s: direct works again", key)
+            else:
+                log.debug("retest %s: still blocked (%s)", key, failure)
+            self._changed()
+        finally:
+            self._in_flight.discard(key)
+            self._retest_wakeup.set()
+
+
+def _table_for(config: LearningConfig) -> LearningTable:
+    return LearningTable(
+        retest_initial=config.retest_initial,
+        retest_max=config.retest_max,
+        retest_successes=config.retest_successes,
+        weak_threshold=config.weak_threshold,
+        weak_window=config.weak_window,
+    )
