@@ -8,8 +8,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from proxyd.config._config import ConfigError, dump_config, load_config
-from proxyd.inbound._server import StartupError
+from proxyd.config import ConfigError, dump_config, load_config
+from proxyd.inbound import StartupError
 
 COMMANDS = ("run", "check", "config", "routes", "why")
 EXIT_CONFIG = 2
@@ -59,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv.insert(0, "run")
     if argv[0] in ("routes", "why"):
         # Its own parser: actions and arguments of their own, the admin API or the file.
-        from proxyd.ops._cli_routes import routes_command
+        from proxyd.ops import routes_command
 
         return routes_command(argv[1:] if argv[0] == "routes" else argv)
     args = _parser().parse_args(argv)

@@ -10,13 +10,11 @@ import signal
 from collections.abc import Mapping
 from pathlib import Path
 
-from proxyd.config._config import Config, ConfigError, ListenAddress, load_config
-from proxyd.inbound._server import ProxyServer, StartupError, bind_listener
-from proxyd.learning._stats import NullStats, Stats
-from proxyd.ops._admin import AdminServer, daemon_context
-from proxyd.ops._systemd import InheritedSocket, Notifier, listen_fds
-from proxyd.routing._learned import LearnedRoutes
-from proxyd.routing._statefile import default_state_dir
+from proxyd.config import Config, ConfigError, ListenAddress, load_config
+from proxyd.inbound import ProxyServer, StartupError, bind_listener
+from proxyd.learning import NullStats, Stats
+from proxyd.ops import AdminServer, InheritedSocket, Notifier, daemon_context, listen_fds
+from proxyd.routing import LearnedRoutes, default_state_dir
 
 log = logging.getLogger("proxyd")
 

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from proxyd.access._policy import AccessPolicy
-from proxyd.config._config import Config
-from proxyd.learning._stats import Stats
-from proxyd.outbound._pool import OriginPool
-from proxyd.outbound._upstream_set import UpstreamSet
-from proxyd.routing._learned import LearnedRoutes
-from proxyd.routing._router import Router
+from proxyd.access import AccessPolicy
+from proxyd.config import Config
+from proxyd.learning import Stats
+from proxyd.outbound import OriginPool, UpstreamSet
+from proxyd.routing import LearnedRoutes, Router
 
 
 @dataclass(slots=True)

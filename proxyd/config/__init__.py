@@ -1,1 +1,27 @@
-"""config"""
+"""The configuration: TOML in, a validated frozen ``Config`` out; a bad file is a
+``ConfigError`` naming the file, line and key.
+"""
+
+from proxyd.config._config import (
+    Config,
+    ConfigError,
+    LearningConfig,
+    ListenAddress,
+    MirrorConfig,
+    RuleConfig,
+    UpstreamConfig,
+    dump_config,
+    load_config,
+)
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "LearningConfig",
+    "ListenAddress",
+    "MirrorConfig",
+    "RuleConfig",
+    "UpstreamConfig",
+    "dump_config",
+    "load_config",
+]

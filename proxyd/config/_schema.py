@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from proxyd.learning._lists import DomainList
+from proxyd.learning import DomainList
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 

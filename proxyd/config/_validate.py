@@ -1,3 +1,4 @@
+# Over 400 lines: every section's rules in one place, sharing the file/line/key error reporting.
 """Validation of single keys: the plain dict ``tomllib`` returns -> ``Config``.
 
 Private to ``proxyd.config._config``. ``read_config(raw)`` checks every key on its own (type,
@@ -31,7 +32,7 @@ from proxyd.config._schema import (
     RuleConfig,
     UpstreamConfig,
 )
-from proxyd.learning._lists import FORMATS, ListError, read_list
+from proxyd.learning import FORMATS, ListError, read_list
 
 KeyPath = tuple[str | int, ...]
 Reader = Callable[[Any, KeyPath], Any]

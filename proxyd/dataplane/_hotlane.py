@@ -1,3 +1,4 @@
+# Over 400 lines: the callbacks of both sockets of one kept-alive exchange, read as a whole.
 """The plain-HTTP hot path: kept-alive requests served from event-loop callbacks.
 
 A client connection spends most of its life waiting for the next request head, and most
@@ -34,21 +35,30 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import socket
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from proxyd.dataplane._accounting import NO_ROUTE, RequestRecord, finish
 from proxyd.errors import DialError
-from proxyd.outbound._desync import ROUTE as DESYNC
-from proxyd.outbound._dialers import Connection
-from proxyd.outbound._pool import PoolKey
-from proxyd.outbound._upstreams import isolation_scope
-from proxyd.protocol import _http1 as http1
-from proxyd.protocol import _http1_encode as http1_encode
-from proxyd.protocol._http1 import BodyKind, HttpError, Request, Response
+from proxyd.outbound import ROUTE as DESYNC
+from proxyd.outbound import Connection, PoolKey, isolation_scope
+from proxyd.protocol import BodyKind, HttpError, Request, Response, http1, http1_encode
 
 if TYPE_CHECKING:
-    from proxyd.inbound._http import HttpClient
+    from proxyd.runtime import Runtime
+
+
+class HttpClient(Protocol):
+    """What the lane uses of the inbound connection it serves (``inbound.HttpClient``)."""
+
+    rt: Runtime
+    sock: socket.socket
+    client_ip: str
+    buf: bytearray
+    loop: asyncio.AbstractEventLoop
+    idle: bool
+
 
 RECV_SIZE = 256 * 1024
 # Answers with more body than this still to come after the head go to the coroutine,

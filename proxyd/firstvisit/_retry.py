@@ -15,22 +15,23 @@ import logging
 import socket
 from typing import TYPE_CHECKING, Any, Protocol
 
-from proxyd.dataplane._accounting import outcome_for
+from proxyd.dataplane import outcome_for
 from proxyd.errors import AnswerTimeout, ClientGone, DialError, MirrorError, UpstreamError
-from proxyd.learning._detect import Reason, Strength, classify_dial_error
-from proxyd.outbound._desync import send_first
-from proxyd.outbound._dialers import Connection, Dialer
-from proxyd.outbound._race import (
+from proxyd.learning import Reason, Strength, classify_dial_error
+from proxyd.outbound import (
     AttemptFailed,
+    Connection,
+    Dialer,
     Leg,
     RaceResult,
     dial_in_leg,
     run_race,
+    send_first,
     spawn,
     take_answer,
 )
-from proxyd.protocol._tls_hello import HANDSHAKE, RECORD_HEADER
-from proxyd.routing._router import RoutePlan
+from proxyd.protocol import HANDSHAKE, RECORD_HEADER
+from proxyd.routing import RoutePlan
 
 if TYPE_CHECKING:
     from proxyd.runtime import Runtime

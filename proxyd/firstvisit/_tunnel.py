@@ -6,15 +6,12 @@ import asyncio
 import socket
 from collections.abc import Callable
 
-from proxyd.dataplane._accounting import RequestRecord, outcome_for
-from proxyd.dataplane._relay import SpliceTunnel
+from proxyd.dataplane import RequestRecord, SpliceTunnel, outcome_for
 from proxyd.errors import ClientGone, DialError, UpstreamError
 from proxyd.firstvisit._retry import TunnelReply, TunnelVisit, note_dial, note_dial_failure
-from proxyd.learning._detect import STALL_MAX_BYTES, Reason, is_stall
-from proxyd.learning._table import DIRECT
-from proxyd.outbound._desync import send_first
-from proxyd.outbound._dialers import Connection
-from proxyd.routing._router import RoutePlan
+from proxyd.learning import DIRECT, STALL_MAX_BYTES, Reason, is_stall
+from proxyd.outbound import Connection, send_first
+from proxyd.routing import RoutePlan
 from proxyd.runtime import Runtime
 
 

@@ -22,20 +22,20 @@ import contextlib
 import logging
 import socket
 
-from proxyd.dataplane._accounting import RequestRecord, finish, outcome_for
-from proxyd.dataplane._hotlane import RECV_SIZE, AnswerHead, HotLane
-from proxyd.dataplane._relay import BodyPipe
+from proxyd.dataplane import (
+    RECV_SIZE,
+    AnswerHead,
+    BodyPipe,
+    HotLane,
+    RequestRecord,
+    finish,
+    outcome_for,
+)
 from proxyd.errors import ClientGone, DialError
-from proxyd.firstvisit._retry import Outcome, best_error
-from proxyd.firstvisit._tunnel import relay, run_tunnel
+from proxyd.firstvisit import Outcome, best_error, relay, run_tunnel
 from proxyd.inbound._http_attempt import Exchange, close_answer
-from proxyd.outbound._dialers import Connection
-from proxyd.outbound._pool import PoolKey
-from proxyd.outbound._race import run_race, take_answer
-from proxyd.protocol import _http1 as http1
-from proxyd.protocol import _http1_encode as http1_encode
-from proxyd.protocol._http1 import BodyKind, HttpError, Request, Response
-from proxyd.protocol._http1_body import BodyScanner
+from proxyd.outbound import Connection, PoolKey, run_race, take_answer
+from proxyd.protocol import BodyKind, BodyScanner, HttpError, Request, Response, http1, http1_encode
 from proxyd.runtime import Runtime
 
 log = logging.getLogger("proxyd.http")

@@ -20,29 +20,53 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
-from proxyd.dataplane._hotlane import RECV_SIZE
+from proxyd.dataplane import RECV_SIZE
 from proxyd.errors import ClientGone, DialError
-from proxyd.firstvisit._retry import note_dial
-from proxyd.learning._detect import Reason, classify_dial_error
-from proxyd.mirror._mirror import PlainHttpRoute
-from proxyd.outbound._desync import send_first
-from proxyd.outbound._dialers import Connection, Dialer
-from proxyd.outbound._pool import PoolKey
-from proxyd.outbound._race import AttemptFailed, Leg, dial_in_leg
-from proxyd.outbound._upstreams import isolation_scope
-from proxyd.protocol import _http1 as http1
-from proxyd.protocol import _http1_encode as http1_encode
-from proxyd.protocol._http1 import BodyKind, HttpError, Request, Response
-from proxyd.protocol._http1_body import BodyScanner
-from proxyd.routing._router import RoutePlan
+from proxyd.firstvisit import note_dial
+from proxyd.learning import Reason, classify_dial_error
+from proxyd.mirror import PlainHttpRoute
+from proxyd.outbound import (
+    AttemptFailed,
+    Connection,
+    Dialer,
+    Leg,
+    PoolKey,
+    dial_in_leg,
+    isolation_scope,
+    send_first,
+)
+from proxyd.protocol import BodyKind, BodyScanner, HttpError, Request, Response, http1, http1_encode
+from proxyd.routing import RoutePlan
 
 if TYPE_CHECKING:
-    from proxyd.inbound._http import HttpClient
+    import socket
+
+    from proxyd.dataplane import RequestRecord
 
     # Not at run time: it loads aiohttp, needed only once a [[mirror]] is configured.
-    from proxyd.mirror._answer import MirrorAnswer
+    from proxyd.mirror import MirrorAnswer
+    from proxyd.runtime import Runtime
+
+
+class HttpClient(Protocol):
+    """What an exchange uses of the client connection it serves (``_http.HttpClient``),
+    named by shape so that the two modules do not import each other."""
+
+    rt: Runtime
+    sock: socket.socket
+    client_ip: str
+    buf: bytearray
+    loop: asyncio.AbstractEventLoop
+    record: RequestRecord
+
+    async def send(self, data: bytes) -> None: ...
+
+    async def copy_exact(
+        self, src: socket.socket, dst: socket.socket, count: int, timeout: float
+    ) -> None: ...
+
 
 # How much of a response body the block-page fingerprints look at.
 CLASSIFY_BODY = 4096

@@ -15,19 +15,16 @@ import socket
 from collections import Counter
 from dataclasses import dataclass
 
-from proxyd.access._policy import AccessPolicy, AuthThrottle
-from proxyd.config._config import Config, ListenAddress
+from proxyd.access import AccessPolicy, AuthThrottle
+from proxyd.config import Config, ListenAddress
 from proxyd.errors import DnsPoisoned
 from proxyd.inbound._http import HttpClient, log_unexpected
 from proxyd.inbound._socks import serve_socks
-from proxyd.learning._stats import Stats
-from proxyd.mirror._mirror import MirrorSet
-from proxyd.outbound._dialers import Address, DirectDialer, forbid_endpoints
-from proxyd.outbound._pool import OriginPool
-from proxyd.outbound._upstream_set import UpstreamSet
-from proxyd.protocol import _http1_encode as http1_encode
-from proxyd.routing._learned import LearnedRoutes
-from proxyd.routing._router import Router
+from proxyd.learning import Stats
+from proxyd.mirror import MirrorSet
+from proxyd.outbound import Address, DirectDialer, OriginPool, UpstreamSet, forbid_endpoints
+from proxyd.protocol import http1_encode
+from proxyd.routing import LearnedRoutes, Router
 from proxyd.runtime import Runtime
 
 log = logging.getLogger("proxyd")

@@ -6,11 +6,11 @@ import asyncio
 import contextlib
 import socket
 
-from proxyd.dataplane._accounting import NO_ROUTE, RequestRecord, finish
+from proxyd.dataplane import NO_ROUTE, RequestRecord, finish
 from proxyd.errors import DialError
-from proxyd.firstvisit._tunnel import run_tunnel
-from proxyd.outbound._dialers import Connection
-from proxyd.protocol._socks import ConnectRequest, HandshakeFailed, SendBytes, SocksHandshake
+from proxyd.firstvisit import run_tunnel
+from proxyd.outbound import Connection
+from proxyd.protocol import ConnectRequest, HandshakeFailed, SendBytes, SocksHandshake
 from proxyd.runtime import Runtime
 
 _RULESET_REFUSAL = 0x02

@@ -1,1 +1,69 @@
-"""learning"""
+"""What proxyd knows about names, sans-IO, with time as a parameter.
+
+Registrable domains and local names, block lists, evidence (``classify_*``, ``Reason``:
+what a failure says about censorship), the learned table (``LearningTable``) and the
+counters the control plane bumps (``Stats``).
+"""
+
+from proxyd.learning._detect import (
+    STALL_MAX_BYTES,
+    DnsPoisonDetector,
+    Fingerprints,
+    Reason,
+    Strength,
+    classify_dial_error,
+    classify_first_response,
+    is_stall,
+)
+from proxyd.learning._domains import (
+    LOCAL_NETWORKS,
+    LOCAL_SUFFIXES,
+    is_local_destination,
+    normalise_host,
+    parse_ip,
+    registrable_domain,
+)
+from proxyd.learning._lists import FORMATS, DomainList, ListError, read_list
+from proxyd.learning._stats import Histogram, MetricSources, NullStats, Stats, UpstreamHealth
+from proxyd.learning._table import (
+    DIRECT,
+    SCHEMA_VERSION,
+    DomainState,
+    LearningTable,
+    Source,
+    State,
+    StateFormatError,
+)
+
+__all__ = [
+    "DIRECT",
+    "FORMATS",
+    "LOCAL_NETWORKS",
+    "LOCAL_SUFFIXES",
+    "SCHEMA_VERSION",
+    "STALL_MAX_BYTES",
+    "DnsPoisonDetector",
+    "DomainList",
+    "DomainState",
+    "Fingerprints",
+    "Histogram",
+    "LearningTable",
+    "ListError",
+    "MetricSources",
+    "NullStats",
+    "Reason",
+    "Source",
+    "State",
+    "StateFormatError",
+    "Stats",
+    "Strength",
+    "UpstreamHealth",
+    "classify_dial_error",
+    "classify_first_response",
+    "is_local_destination",
+    "is_stall",
+    "normalise_host",
+    "parse_ip",
+    "read_list",
+    "registrable_domain",
+]

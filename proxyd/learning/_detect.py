@@ -54,7 +54,7 @@ from proxyd.learning._domains import (
     parse_ip,
     registrable_domain,
 )
-from proxyd.protocol import _tls_hello as tls_hello
+from proxyd.protocol import tls_hello
 
 
 class Strength(StrEnum):

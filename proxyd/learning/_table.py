@@ -1,3 +1,4 @@
+# Over 400 lines: one state machine (evidence, control rule, stalls, outage gate) read as a whole.
 """What proxyd has learned about destinations: which ones are blocked, why, and when to re-test.
 
 Pure: no IO and no clock. Every call takes ``now`` as wall-clock epoch seconds (entries

@@ -34,11 +34,10 @@ from proxyd.mirror._rewrite import (
     rewrite_set_cookie,
     rewrite_url,
 )
-from proxyd.protocol import _http1 as http1
-from proxyd.protocol._http1_encode import HOP_BY_HOP
+from proxyd.protocol import HOP_BY_HOP, http1
 
 if TYPE_CHECKING:
-    from proxyd.protocol._http1 import Request
+    from proxyd.protocol import Request
     from proxyd.runtime import Runtime
 
 log = logging.getLogger("proxyd.mirror")

@@ -28,12 +28,11 @@ import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 
 from proxyd.errors import DialError
-from proxyd.learning._detect import Reason, classify_dial_error
+from proxyd.learning import Reason, classify_dial_error
 from proxyd.mirror._rewrite import HostMap
-from proxyd.outbound._dialers import Dialer
-from proxyd.outbound._race import spawn
-from proxyd.protocol._http1_encode import FRAMING_FIELDS, HOP_BY_HOP
-from proxyd.routing._router import RoutePlan
+from proxyd.outbound import Dialer, spawn
+from proxyd.protocol import FRAMING_FIELDS, HOP_BY_HOP
+from proxyd.routing import RoutePlan
 
 if TYPE_CHECKING:
     from proxyd.runtime import Runtime

@@ -23,8 +23,8 @@
 - ``MirrorSet(configs)``: ``covering(host)``, ``get(name)``, ``routes``,
   ``reconfigure(configs)`` (keeps the pools of unchanged mirrors), ``await close()``,
   ``status(upstream_names) -> [MirrorStatus]`` for the admin API and status page.
-- ``PlainHttpRoute``: the abstract ``answer`` of a ``MirrorRoute``; what ``inbound_http``
-  tests a route for.
+- ``PlainHttpRoute`` (``proxyd.mirror._plain_route``): the abstract ``answer`` of a
+  ``MirrorRoute``; what ``inbound._http_attempt`` tests a route for.
 
 This module stays free of aiohttp so that a daemon with no ``[[mirror]]`` never loads it.
 
@@ -34,33 +34,15 @@ tunnel (``MirrorRoute.dial`` refuses, should one ever try).
 
 from __future__ import annotations
 
-import abc
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from proxyd.config._config import MirrorConfig
-from proxyd.outbound._race import spawn
+from proxyd.config import MirrorConfig
+from proxyd.outbound import spawn
 
 if TYPE_CHECKING:
-    from proxyd.mirror._answer import MirrorAnswer
-    from proxyd.mirror._client import RequestBody
     from proxyd.mirror._route import MirrorRoute
-    from proxyd.protocol._http1 import Request
-    from proxyd.runtime import Runtime
-
-
-class PlainHttpRoute(abc.ABC):
-    """A route that answers a plain-HTTP request itself instead of carrying it: a mirror.
-
-    What ``inbound_http`` tests a route for, so that it can tell a mirror apart without
-    importing ``MirrorRoute`` (and aiohttp with it).
-    """
-
-    @abc.abstractmethod
-    async def answer(
-        self, rt: Runtime, req: Request, body: RequestBody | None = None
-    ) -> MirrorAnswer: ...
 
 
 @dataclass(frozen=True, slots=True)

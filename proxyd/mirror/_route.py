@@ -11,19 +11,18 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from proxyd.config._config import MirrorConfig
+from proxyd.config import MirrorConfig
 from proxyd.errors import MirrorError
-from proxyd.learning._detect import Reason
+from proxyd.learning import Reason
 from proxyd.mirror._answer import MirrorAnswer, ProxiedAnswer, RedirectAnswer
 from proxyd.mirror._client import MirrorClient, MirrorUnreachable, RequestBody, request_headers
-from proxyd.mirror._mirror import PlainHttpRoute
+from proxyd.mirror._plain_route import PlainHttpRoute
 from proxyd.mirror._rewrite import HostMap
-from proxyd.outbound._dialers import Connection
-from proxyd.outbound._race import AttemptFailed
-from proxyd.protocol import _http1 as http1
+from proxyd.outbound import AttemptFailed, Connection
+from proxyd.protocol import http1
 
 if TYPE_CHECKING:
-    from proxyd.protocol._http1 import Request
+    from proxyd.protocol import Request
     from proxyd.runtime import Runtime
 
 log = logging.getLogger("proxyd.mirror")

@@ -18,12 +18,11 @@ from typing import Any
 
 from aiohttp import web
 
-from proxyd.learning._domains import is_local_destination, normalise_host, parse_ip
-from proxyd.learning._table import DomainState, State
+from proxyd.learning import DomainState, State, is_local_destination, normalise_host, parse_ip
 from proxyd.ops import _admin_page as admin_page
 from proxyd.ops import _metrics as metrics
 from proxyd.ops import _pac as pac
-from proxyd.ops._admin import AdminContext, health_problems
+from proxyd.ops._admin_context import AdminContext, health_problems
 
 log = logging.getLogger("proxyd.admin")
 

@@ -15,9 +15,8 @@ import time
 from collections.abc import Iterable, Sequence
 from html import escape
 
-from proxyd.learning._stats import Stats, UpstreamHealth
-from proxyd.learning._table import DomainState, State
-from proxyd.mirror._mirror import MirrorStatus
+from proxyd.learning import DomainState, State, Stats, UpstreamHealth
+from proxyd.mirror import MirrorStatus
 
 MAX_ROWS = 500
 

@@ -31,14 +31,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from proxyd.config._config import Config, ConfigError, load_config
-from proxyd.learning._table import SCHEMA_VERSION, LearningTable, StateFormatError
-from proxyd.outbound._dialers import DirectDialer
-from proxyd.outbound._upstream_set import UpstreamSet
-from proxyd.routing._learned import STATE_FILE, LearnedRoutes
-from proxyd.routing._router import Router
-from proxyd.routing._routes_table import format_table
-from proxyd.routing._statefile import StateError, default_state_dir, save_state
+from proxyd.config import Config, ConfigError, load_config
+from proxyd.learning import SCHEMA_VERSION, LearningTable, StateFormatError
+from proxyd.outbound import DirectDialer, UpstreamSet
+from proxyd.routing import (
+    STATE_FILE,
+    LearnedRoutes,
+    Router,
+    StateError,
+    default_state_dir,
+    format_table,
+    save_state,
+)
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2

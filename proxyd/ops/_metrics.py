@@ -33,8 +33,7 @@ from prometheus_client.core import (
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 
 from proxyd import __version__
-from proxyd.learning._stats import Histogram, MetricSources
-from proxyd.learning._table import Source, State
+from proxyd.learning import Histogram, MetricSources, Source, State
 
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 

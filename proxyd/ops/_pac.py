@@ -26,7 +26,7 @@ import json
 import re
 from collections.abc import Iterable, Sequence
 
-from proxyd.learning._domains import LOCAL_NETWORKS, LOCAL_SUFFIXES, normalise_host, parse_ip
+from proxyd.learning import LOCAL_NETWORKS, LOCAL_SUFFIXES, normalise_host, parse_ip
 
 CONTENT_TYPE = "application/x-ns-proxy-autoconfig"
 MAX_DIRECT_DOMAINS = 5000

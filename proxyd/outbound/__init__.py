@@ -1,1 +1,40 @@
-"""outbound"""
+"""Reaching a destination: dialers (direct, desync, upstreams), the upstream set and its
+health, the origin connection pool and the race of tentative attempts.
+"""
+
+from proxyd.outbound._desync import ROUTE, DesyncDialer, send_first
+from proxyd.outbound._dialers import Address, Connection, Dialer, DirectDialer, forbid_endpoints
+from proxyd.outbound._pool import OriginPool, PoolKey
+from proxyd.outbound._race import (
+    AttemptFailed,
+    Leg,
+    RaceResult,
+    dial_in_leg,
+    run_race,
+    spawn,
+    take_answer,
+)
+from proxyd.outbound._upstream_set import UpstreamSet
+from proxyd.outbound._upstreams import isolation_scope
+
+__all__ = [
+    "ROUTE",
+    "Address",
+    "AttemptFailed",
+    "Connection",
+    "DesyncDialer",
+    "Dialer",
+    "DirectDialer",
+    "Leg",
+    "OriginPool",
+    "PoolKey",
+    "RaceResult",
+    "UpstreamSet",
+    "dial_in_leg",
+    "forbid_endpoints",
+    "isolation_scope",
+    "run_race",
+    "send_first",
+    "spawn",
+    "take_answer",
+]

@@ -20,7 +20,7 @@ import socket
 import struct
 
 from proxyd.outbound._dialers import Connection, DirectDialer
-from proxyd.protocol._tls_hello import HANDSHAKE, sni_from_client_hello
+from proxyd.protocol import HANDSHAKE, sni_from_client_hello
 
 ROUTE = "desync"
 # Linux: bytes in the send queue not yet sent (linux/sockios.h).

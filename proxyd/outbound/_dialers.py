@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from proxyd.access._policy import is_own_address
+from proxyd.access import is_own_address
 from proxyd.errors import (
     ConnectionRefused,
     ConnectionReset,

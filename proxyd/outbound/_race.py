@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from proxyd.errors import DialError
-from proxyd.learning._detect import Reason
+from proxyd.learning import Reason
 from proxyd.outbound._dialers import Connection, Dialer
 
 T = TypeVar("T")
@@ -167,7 +167,7 @@ def _close_dialed(dial: asyncio.Task[Connection]) -> None:
 
 async def dial_in_leg(leg: Leg, dialing: Awaitable[Connection]) -> Connection:
     """Dial as a separate task so a losing direct leg can finish dialing as evidence."""
-    from proxyd.learning._detect import classify_dial_error
+    from proxyd.learning import classify_dial_error
 
     leg.dial_task = asyncio.ensure_future(dialing)
     try:

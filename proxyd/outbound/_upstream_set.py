@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from proxyd.config._config import UpstreamConfig
+from proxyd.config import UpstreamConfig
 from proxyd.errors import DialError, UpstreamUnavailable
 from proxyd.outbound._upstream_health import Transition, UpstreamHealth
 from proxyd.outbound._upstreams import UpstreamDialer

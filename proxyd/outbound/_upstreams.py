@@ -53,10 +53,10 @@ import ipaddress
 import logging
 import socket
 
-from proxyd.config._config import UpstreamConfig
+from proxyd.config import UpstreamConfig
 from proxyd.errors import DialError, DnsLookupError, UpstreamError
 from proxyd.outbound._dialers import Address, Connection, Dialer, happy_eyeballs, resolve
-from proxyd.protocol._upstream_handshake import (
+from proxyd.protocol import (
     ClientHandshake,
     HttpConnectHandshake,
     Socks4Handshake,

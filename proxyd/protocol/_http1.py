@@ -1,8 +1,9 @@
+# Over 400 lines: request and answer head parsers share the field-block smuggling checks.
 """Sans-IO HTTP/1.1 proxy framing: request and response heads in, typed events out.
 
 The daemon reads a client's head with ``loop.sock_recv`` into one growing buffer and calls
 ``parse_request`` on it after every read; bodies are forwarded verbatim while a ``BodyScanner``
-(``proxyd.protocol._http1_body``) says where they end, and heads go out through ``proxyd.protocol._http1_encode``.
+(``_http1_body``) says where they end, and heads go out through ``_http1_encode``.
 Nothing here touches a socket or a clock.
 
 API::

@@ -1,3 +1,4 @@
+# Over 400 lines: SOCKS4, 4a and 5 server handshakes share one state machine and reply encoder.
 """Sans-IO server side of SOCKS5 (RFC 1928), its username/password auth (RFC 1929) and SOCKS4/4a.
 
 The daemon sniffs the first byte (0x05 or 0x04) and feeds every byte the client sends to one

@@ -1,3 +1,4 @@
+# Over 400 lines: four client handshakes (SOCKS5, 4, 4a, CONNECT) share receive and error logic.
 """Sans-IO client side of the handshakes proxyd speaks to upstream proxies.
 
 SOCKS5 (RFC 1928) with username/password (RFC 1929), SOCKS4 and SOCKS4a, HTTP CONNECT

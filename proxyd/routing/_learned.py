@@ -15,18 +15,20 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from proxyd.config._config import LearningConfig
-from proxyd.learning._detect import (
+from proxyd.config import LearningConfig
+from proxyd.learning import (
+    DIRECT,
     DnsPoisonDetector,
+    DomainState,
     Fingerprints,
+    LearningTable,
     Reason,
+    StateFormatError,
+    Stats,
     Strength,
     classify_first_response,
 )
-from proxyd.learning._stats import Stats
-from proxyd.learning._table import DIRECT, DomainState, LearningTable, StateFormatError
-from proxyd.outbound._dialers import DirectDialer
-from proxyd.outbound._race import spawn
+from proxyd.outbound import DirectDialer, spawn
 from proxyd.routing._retest_probes import probe_http, probe_tls, probe_tls_transfer
 from proxyd.routing._statefile import (
     SaveScheduler,

@@ -19,9 +19,9 @@ import ssl
 from collections.abc import Awaitable, Callable
 
 from proxyd.errors import DialError
-from proxyd.learning._detect import STALL_MAX_BYTES, Reason, Strength, classify_dial_error
-from proxyd.outbound._dialers import DirectDialer
-from proxyd.protocol import _http1 as http1
+from proxyd.learning import STALL_MAX_BYTES, Reason, Strength, classify_dial_error
+from proxyd.outbound import DirectDialer
+from proxyd.protocol import http1
 
 PROBE_READ = 4096
 

@@ -19,27 +19,46 @@ import ipaddress
 import logging
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
-from proxyd.config._config import Config, RuleConfig
+from proxyd.config import Config, RuleConfig
 from proxyd.errors import DialError, Forbidden, UpstreamUnavailable
-from proxyd.learning._domains import (
+from proxyd.learning import (
+    DIRECT,
+    Source,
+    State,
     is_local_destination,
     normalise_host,
     parse_ip,
     registrable_domain,
 )
-from proxyd.learning._table import DIRECT, Source, State
-from proxyd.outbound._desync import DesyncDialer
-from proxyd.outbound._dialers import Dialer, DirectDialer
+from proxyd.outbound import DesyncDialer, Dialer, DirectDialer
 
 if TYPE_CHECKING:
-    from proxyd.mirror._mirror import MirrorSet
-    from proxyd.mirror._route import MirrorRoute
-    from proxyd.outbound._upstream_set import UpstreamSet
+    from proxyd.config import MirrorConfig
+    from proxyd.outbound import UpstreamSet
     from proxyd.routing._learned import LearnedRoutes
 
 log = logging.getLogger("proxyd.routing")
+
+
+class MirrorRoute(Dialer, Protocol):
+    """What the router needs of one ``[[mirror]]`` route (``mirror.MirrorRoute``): the
+    mirror package sits above routing, so routing names it by shape, not by import."""
+
+    label: str
+
+    @property
+    def config(self) -> MirrorConfig: ...
+
+
+class MirrorSet(Protocol):
+    """What the router needs of ``mirror.MirrorSet``."""
+
+    def covering(self, host: str) -> MirrorRoute | None: ...
+
+    def get(self, name: str) -> MirrorRoute | None: ...
+
 
 REJECT = "reject"
 AUTO = "auto"

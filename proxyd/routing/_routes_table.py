@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 
-from proxyd.learning._table import DomainState
+from proxyd.learning import DomainState
 
 COLUMNS = ("domain", "state", "route", "evidence", "since", "next re-test")
 

@@ -28,13 +28,13 @@ from proxyd.config._config import LearningConfig
 from proxyd.learning._detect import Reason
 from proxyd.learning._stats import Stats
 from proxyd.learning._table import DomainState, Evidence, Scope, Source, State
-from proxyd.ops._admin import AdminContext, AdminServer
+from proxyd.ops import AdminContext, AdminServer
 from proxyd.ops._cli_routes import routes_command
 from proxyd.outbound._upstream_set import UpstreamStatus
 from proxyd.routing._learned import LearnedRoutes
 from tests.support.origin import OriginServer
 from tests.support.proc import Proxyd
-from tests.unit.test_pac import evaluate_pac, needs_node
+from tests.unit.ops.test_pac import evaluate_pac, needs_node
 
 ADMIN_LISTENING = re.compile(r"admin listening on (\S+):(\d+)")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"

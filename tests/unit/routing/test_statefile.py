@@ -21,7 +21,7 @@ from proxyd.routing._statefile import (
     save_state,
 )
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 NOW = 1_700_000_000.0  # 2023-11-14T22:13:20Z
 
 

@@ -25,7 +25,7 @@ from proxyd.config._config import (
 from proxyd.config._durations import MAX_DURATION, format_duration, parse_duration, parse_size
 from proxyd.config._lines import KeyLines
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "proxyd.toml"
+EXAMPLE = Path(__file__).resolve().parents[3] / "config" / "proxyd.toml"
 # In the example, "#key = ..." and "#[[table]]" (no space) are settings to uncomment.
 COMMENTED_SETTING = re.compile(r"(?m)^#(?=[A-Za-z\[])")
 

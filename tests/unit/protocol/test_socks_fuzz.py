@@ -29,7 +29,7 @@ budget = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
-CORPUS = Path(__file__).resolve().parents[1] / "fuzz" / "corpus" / "socks"
+CORPUS = Path(__file__).resolve().parents[2] / "fuzz" / "corpus" / "socks"
 
 HOSTNAME_CHARS = st.characters(min_codepoint=0x21, max_codepoint=0x7E)
 SOCKS4A_MARKERS = ipaddress.IPv4Network("0.0.0.0/24")

@@ -13,7 +13,7 @@ import pytest
 
 from tests.fuzz.targets import TARGETS
 
-CORPUS = Path(__file__).resolve().parents[1] / "fuzz" / "corpus"
+CORPUS = Path(__file__).resolve().parents[2] / "fuzz" / "corpus"
 ROOT = CORPUS.parents[2]
 SECONDS = int(os.environ.get("PROXYD_FUZZ_SECONDS", "6"))
 

@@ -32,7 +32,7 @@ budget = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
-CORPUS = Path(__file__).resolve().parents[1] / "fuzz" / "corpus" / "http1"
+CORPUS = Path(__file__).resolve().parents[2] / "fuzz" / "corpus" / "http1"
 LIMITS = {"max_head": 2048, "max_headers": 20, "max_line": 512}
 
 Outcome = tuple[str, object, int]

@@ -18,7 +18,7 @@ import pytest
 
 from proxyd.ops._systemd import Notifier, SocketActivationError, listen_fds
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 DEADLINE_SECONDS = 10.0
 
 
