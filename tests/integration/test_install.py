@@ -322,15 +322,31 @@ def test_router_install_stages_the_venv_the_config_and_the_units(
     assert "apt-get install tor" in output
 
 
-def test_installed_units_pass_systemd_analyze_verify(installed: tuple[Path, str]) -> None:
-    root, _ = installed
+def systemd_verify(root: Path) -> tuple[int, str]:
     verify = subprocess.run(
         ["systemd-analyze", "verify", f"--root={root}", "--man=no", "--generators=no",
          *SHIPPED_UNITS],
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
+    return verify.returncode, verify.stdout + verify.stderr
+
+
+def test_installed_units_pass_systemd_analyze_verify(installed: tuple[Path, str]) -> None:
     # verify exits 0 on unknown keys and on a missing ExecStart binary; only its output tells.
-    assert (verify.returncode, verify.stdout + verify.stderr) == (0, "")
+    assert systemd_verify(installed[0]) == (0, "")
+
+
+def test_installed_service_runs_the_venvs_proxyd_without_the_command_link(
+    installed: tuple[Path, str], tmp_path: Path
+) -> None:
+    """/usr/local/bin/proxyd is for people; the service must not depend on it (another
+    proxyd may sit there, or on systemd's search path before it)."""
+    root = copy_of(installed[0], tmp_path)
+    (root / "usr/local/bin/proxyd").unlink()
+    assert systemd_verify(root) == (0, "")
+    (root / "opt/proxyd/bin/proxyd").unlink()
+    code, output = systemd_verify(root)
+    assert "Command /opt/proxyd/bin/proxyd is not executable" in output, (code, output)
 
 
 def test_installed_proxyd_accepts_the_installed_config_which_changes_no_default(
