@@ -8,19 +8,21 @@
 - Every test under this directory is marked ``censor``.
 
 Without root, ip netns or the lab's programs the tests skip, loudly; with
-``PROXYD_CENSOR_REQUIRED=1`` (for CI) they fail instead.
+``PROXYD_CENSOR_REQUIRED=1`` (for CI) they fail instead (``tests.support.required``,
+which every test needing root or Chromium goes through as well).
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from lab_netns import LabUnavailable, tool
+from lab_netns import LabUnavailable
 from netlab import NetLab
 from proxyd_fixture import ProxydLauncher
+
+from tests.support.required import installed, is_root, require
 
 _HERE = Path(__file__).resolve().parent
 _NEEDED_TOOLS = ("ip", "iptables", "iptables-restore", "dnsmasq", "microsocks", "curl")
@@ -33,24 +35,21 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.censor)
 
 
-def _lab_unavailable(reason: str) -> None:
-    message = f"CENSORSHIP LAB NOT RUN: {reason} (needs root and: {_PACKAGES})"
-    if os.environ.get("PROXYD_CENSOR_REQUIRED") == "1":
-        pytest.fail(message)
-    pytest.skip(message)
+def _require_for_lab(met: bool, reason: str) -> None:
+    require(met, f"censorship lab: {reason} (needs root and: {_PACKAGES})")
 
 
 @pytest.fixture(scope="session")
 def netlab() -> Iterator[NetLab]:
-    if os.geteuid() != 0:
-        _lab_unavailable("not running as root")
+    _require_for_lab(is_root(), "not running as root")
+    for name in _NEEDED_TOOLS:
+        _require_for_lab(installed(name), f"{name} is not installed")
     lab = NetLab()
     try:
-        for name in _NEEDED_TOOLS:
-            tool(name)
         lab.__enter__()
     except LabUnavailable as error:
-        _lab_unavailable(str(error))
+        _require_for_lab(False, str(error))
+        raise
     try:
         yield lab
     finally:
@@ -63,6 +62,12 @@ def _reset_netlab_after_test(request: pytest.FixtureRequest) -> Iterator[None]:
     lab = request.node.funcargs.get("netlab")
     if isinstance(lab, NetLab):
         lab.reset()
+
+
+@pytest.fixture
+def chromium() -> None:
+    """For tests that drive Debian's headless Chromium (``NetLab.chromium_argv``)."""
+    require(installed("chromium"), "chromium is not installed")
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ addresses, nor proxyd's admin listener, unless ``protect_local`` is turned off."
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -16,6 +15,7 @@ import pytest
 from lab_netns import Netns, lab_prefix, tool, wait_listening
 
 from tests.support.proc import Proxyd
+from tests.support.required import is_root, require
 
 ROUTER_IP = "198.19.0.1"  # proxyd's LAN address, inside the router namespace only
 LAN_CLIENT_IP = "198.19.0.2"
@@ -86,8 +86,7 @@ def _serve(netns: Netns, ip: str, port: int, text: str, root: Path) -> subproces
 
 @pytest.fixture
 def lan(tmp_path: Path) -> Iterator[Lan]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root for network namespaces")
+    require(is_root(), "needs root for network namespaces")
     prefix = lab_prefix()
     router, client = Netns(prefix + "r"), Netns(prefix + "c")
     servers: list[subprocess.Popen[bytes]] = []

@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from lab_netns import LabUnavailable, tool
 from lab_sites import CLIENT_IP, SOCKS_IP
 from netlab import NetLab
 from proxyd_fixture import ProxydLauncher, proxyd_config, unique_path
@@ -21,14 +20,6 @@ CHROMIUM_FLAGS = (
     "--disable-component-update",
     "--no-first-run",
 )
-
-
-@pytest.fixture
-def chromium() -> None:
-    try:
-        tool("chromium")
-    except LabUnavailable:
-        pytest.skip("chromium is not installed")
 
 
 @pytest.mark.usefixtures("chromium")

@@ -10,12 +10,10 @@ from pathlib import Path
 
 import pytest
 from lab_netns import (
-    LabUnavailable,
     Netns,
     lab_workdir,
     remove_stale_labs,
     run,
-    tool,
     wait_listening,
 )
 from lab_sites import BLOCK_PAGE_TEXT, CLIENT_IP, REDIRECT_LOCATION, SLOW_DELAY, SOCKS_IP
@@ -202,13 +200,10 @@ def test_blackholing_the_socks_server_cuts_the_client_off_from_it(netlab: NetLab
     assert netlab.censor.hits(SOCKS_IP) > 0
 
 
+@pytest.mark.usefixtures("chromium")
 def test_chromium_loads_an_open_https_page_and_is_reset_on_an_sni_blocked_one(
     netlab: NetLab, tmp_path: Path
 ) -> None:
-    try:
-        tool("chromium")
-    except LabUnavailable:
-        pytest.skip("chromium is not installed")
     path = unique_path()
     open_page = netlab.chromium_argv(f"https://open.example{path}", tmp_path)
     opened = netlab.exec_client(open_page, timeout=60)

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 from lab_mirror import BIG_BLOCK, BIG_BLOCKS, MIRROR_CSS, mirror_page
-from lab_netns import LabUnavailable, tool
 from lab_sites import CLIENT_IP, SOCKS_IP
 from netlab import NetLab
 from proxyd_fixture import (
@@ -113,13 +112,10 @@ def test_proxy_mode_serves_the_mirror_under_the_original_url_with_links_rewritte
     assert "Set-Cookie: session=1; Domain=blog.example; Path=/; HttpOnly" in cookie.body
 
 
+@pytest.mark.usefixtures("chromium")
 def test_chromium_gets_the_gzip_page_from_the_mirror_on_its_first_visit_with_links_rewritten(
     netlab: NetLab, launch_proxyd: ProxydLauncher, tmp_path: Path
 ) -> None:
-    try:
-        tool("chromium")
-    except LabUnavailable:
-        pytest.skip("chromium is not installed")
     proxy = start(netlab, launch_proxyd, blog_mirror("proxy"))
     argv = netlab.chromium_argv(
         "http://blog.example/gzip.html",

@@ -138,6 +138,87 @@ def test_connection_caps_refuse_in_each_protocol_and_the_others_keep_working(
     daemon.proc.assert_clean_log()
 
 
+def get_from(proc: Proxyd, origin: OriginServer, source: str) -> bytes:
+    """A plain-HTTP request through proxyd from ``source``: the whole answer."""
+    with socket.create_connection(proc.address, timeout=10, source_address=(source, 0)) as sock:
+        sock.sendall(f"GET {origin.url}/capped HTTP/1.1\r\nConnection: close\r\n\r\n".encode())
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def socks5_greeting_from(proc: Proxyd, source: str) -> bytes:
+    """proxyd's whole answer to a SOCKS5 greeting (no authentication) from ``source``."""
+    with socket.create_connection(proc.address, timeout=10, source_address=(source, 0)) as sock:
+        sock.sendall(b"\x05\x01\x00")
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+            if b"".join(chunks) == b"\x05\x00":
+                break  # accepted: the handshake would go on
+    return b"".join(chunks)
+
+
+def socks5_tunnel(proc: Proxyd, origin: OriginServer, source: str) -> socket.socket:
+    sock = socket.create_connection(proc.address, timeout=10, source_address=(source, 0))
+    sock.sendall(b"\x05\x01\x00")
+    assert sock.recv(2) == b"\x05\x00"
+    sock.sendall(b"\x05\x01\x00\x01" + bytes([127, 0, 0, 1]) + struct.pack("!H", origin.port))
+    reply = sock.recv(10)
+    assert reply[:2] == b"\x05\x00", reply
+    return sock
+
+
+def test_per_client_cap_answers_an_http_client_over_it_with_503_and_only_that_client(
+    tmp_path: Path, origin: OriginServer
+) -> None:
+    daemon = start(tmp_path, "max_connections = 100\nmax_connections_per_client = 2\n")
+    try:
+        held = [connect_tunnel(daemon.proc, origin) for _ in range(2)]
+        assert status_of(get_from(daemon.proc, origin, "127.0.0.1")) == 503
+        assert daemon.hits("max_connections_per_client") == 1
+        assert daemon.hits("max_connections") == 0
+        # The cap counts per client address: another one is served meanwhile.
+        assert status_of(get_from(daemon.proc, origin, "127.0.0.2")) == 200
+        held.pop().close()
+        wait_until(
+            lambda: status_of(get_from(daemon.proc, origin, "127.0.0.1")) == 200,
+            what="a freed slot serving 127.0.0.1 again",
+        )
+        for sock in held:
+            sock.close()
+    finally:
+        daemon.proc.stop()
+    daemon.proc.assert_clean_log()
+
+
+def test_per_client_cap_refuses_a_socks5_client_over_it_and_only_that_client(
+    tmp_path: Path, origin: OriginServer
+) -> None:
+    daemon = start(tmp_path, "max_connections = 100\nmax_connections_per_client = 2\n")
+    try:
+        held = [socks5_tunnel(daemon.proc, origin, "127.0.0.1") for _ in range(2)]
+        # RFC 1928: "no acceptable methods", then the close.
+        assert socks5_greeting_from(daemon.proc, "127.0.0.1") == b"\x05\xff"
+        assert daemon.hits("max_connections_per_client") == 1
+        assert daemon.hits("max_connections") == 0
+        other = socks5_tunnel(daemon.proc, origin, "127.0.0.2")
+        other.sendall(b"GET /other HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert other.recv(4096).startswith(b"HTTP/1.1 200 ")
+        other.close()
+        held.pop().close()
+        wait_until(
+            lambda: socks5_greeting_from(daemon.proc, "127.0.0.1") == b"\x05\x00",
+            what="a freed slot serving 127.0.0.1 again",
+        )
+        for sock in held:
+            sock.close()
+    finally:
+        daemon.proc.stop()
+    daemon.proc.assert_clean_log()
+
+
 def test_open_file_limit_is_raised_to_the_hard_limit_at_start(tmp_path: Path) -> None:
     hard = int(Path("/proc/self/limits").read_text().split("Max open files")[1].split()[1])
     proc = Proxyd(tmp_path=tmp_path, wrap=["prlimit", f"--nofile=256:{hard}", "--"])

@@ -26,6 +26,7 @@ import pytest
 
 from tests.support.origin import OriginServer
 from tests.support.proc import Proxyd
+from tests.support.required import installed, is_root, require
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 WATCHDOG_SECONDS = 0.6
@@ -223,5 +224,153 @@ def test_socket_activation_serves_proxy_and_admin_on_the_passed_sockets(
         finally:
             proc.send_signal(signal.SIGTERM)
             rest = proc.communicate(timeout=30)[1]
+    assert proc.returncode == 0, rest
+    assert "Traceback" not in rest
+
+
+# --- a socket handed over on a LAN address ------------------------------------------------
+
+PROXY_SIDE_IP = "198.18.99.1"  # proxyd's LAN address, inside a namespace of the test's own
+CLIENT_SIDE_IP = "198.18.99.2"
+PROXY_PORT, ORIGIN_PORT = 8080, 8000
+
+# The stand-in for systemd inside the proxy namespace: binds the socket a unit's
+# ListenStream=198.18.99.1:8080 would, moves it to fd 3 and execs proxyd with it.
+BINDING_LAUNCHER = r"""
+import os, socket, sys
+fd = socket.create_server((sys.argv[1], int(sys.argv[2]))).detach()
+if fd != 3:
+    os.dup2(fd, 3)
+    os.close(fd)
+os.set_inheritable(3, True)
+os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS="1", LISTEN_FDNAMES="proxy")
+os.execv(sys.executable, [sys.executable, "-m", "proxyd", *sys.argv[3:]])
+"""
+
+# An origin on the client's LAN address that says when it listens.
+ORIGIN = r"""
+import http.server, sys
+class Hello(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = f"lan origin {self.path}\n".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+server = http.server.HTTPServer((sys.argv[1], int(sys.argv[2])), Hello)
+print("listening", flush=True)
+server.serve_forever()
+"""
+
+
+class Lan:
+    """Two namespaces joined by a veth pair: proxyd's side and a LAN client's side.
+
+    Nothing in them routes anywhere else, so no byte can leave for a real network.
+    """
+
+    def __init__(self) -> None:
+        prefix = f"pxd{os.getpid()}sd{time.monotonic_ns() % 100000}"
+        self.proxy_side, self.client_side = f"{prefix}p", f"{prefix}c"
+        self.procs: list[subprocess.Popen[str]] = []
+        self._created: list[str] = []
+        try:
+            for name in (self.proxy_side, self.client_side):
+                subprocess.run(["ip", "netns", "add", name], check=True)
+                self._created.append(name)
+                self._ip(name, "link set lo up")
+            subprocess.run(
+                ["ip", "-n", self.proxy_side, "link", "add", "lan0", "type", "veth",
+                 "peer", "name", "lan0", "netns", self.client_side],
+                check=True,
+            )  # fmt: skip
+            self._ip(self.proxy_side, f"addr add {PROXY_SIDE_IP}/24 dev lan0", "link set lan0 up")
+            self._ip(self.client_side, f"addr add {CLIENT_SIDE_IP}/24 dev lan0", "link set lan0 up")
+        except BaseException:
+            self.close()
+            raise
+
+    @staticmethod
+    def _ip(netns: str, *commands: str) -> None:
+        batch = "".join(f"{command}\n" for command in commands)
+        subprocess.run(["ip", "-n", netns, "-batch", "-"], input=batch, text=True, check=True)
+
+    def popen(self, netns: str, argv: list[str]) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", netns, *argv],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        )  # fmt: skip
+        self.procs.append(proc)
+        return proc
+
+    def curl(self, *argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["ip", "netns", "exec", self.client_side, "curl", "-sS", "--max-time", "10", *argv],
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.communicate(timeout=30)
+        for name in self._created:
+            subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+@pytest.fixture
+def lan() -> Iterator[Lan]:
+    require(is_root() and installed("ip") and installed("curl"), "needs root, iproute2, curl")
+    network = Lan()
+    yield network
+    network.close()
+
+
+def start_activated(lan: Lan, tmp_path: Path, config: str) -> subprocess.Popen[str]:
+    config_path = tmp_path / "proxyd.toml"
+    config_path.write_text(config)
+    state_dir = str(tmp_path / "state")
+    argv = [sys.executable, "-c", BINDING_LAUNCHER, PROXY_SIDE_IP, str(PROXY_PORT),
+            "run", "-c", str(config_path), "--admin", "", "--state-dir", state_dir]  # fmt: skip
+    return lan.popen(lan.proxy_side, argv)
+
+
+def test_socket_activation_on_a_lan_address_without_allow_refuses_to_be_an_open_proxy(
+    lan: Lan, tmp_path: Path
+) -> None:
+    proc = start_activated(lan, tmp_path, 'log_level = "info"\n')
+    _, stderr = proc.communicate(timeout=15)
+    assert proc.returncode == 1, stderr
+    assert (
+        f"proxyd: refusing to run as an open proxy on inherited socket "
+        f"{PROXY_SIDE_IP}:{PROXY_PORT}: set allow = [...] to the client networks"
+    ) in stderr
+    assert "proxyd listening" not in stderr
+    assert "Traceback" not in stderr
+
+
+def test_socket_activation_on_a_lan_address_with_allow_serves_the_lan(
+    lan: Lan, tmp_path: Path
+) -> None:
+    origin = lan.popen(lan.client_side, [sys.executable, "-c", ORIGIN, CLIENT_SIDE_IP,
+                                         str(ORIGIN_PORT)])  # fmt: skip
+    assert origin.stdout is not None
+    assert origin.stdout.readline() == "listening\n"
+    proc = start_activated(lan, tmp_path, 'log_level = "info"\nallow = ["198.18.99.0/24"]\n')
+    assert proc.stderr is not None
+    log = [proc.stderr.readline()]
+    while "proxyd listening on" not in log[-1] and log[-1]:
+        log.append(proc.stderr.readline())
+    assert log[-1].endswith(f"proxyd listening on {PROXY_SIDE_IP}:{PROXY_PORT}\n"), "".join(log)
+    # The test never accepts on that socket: only proxyd, through fd 3, can answer.
+    proxy = f"http://{PROXY_SIDE_IP}:{PROXY_PORT}"
+    fetched = lan.curl("-x", proxy, f"http://{CLIENT_SIDE_IP}:{ORIGIN_PORT}/activated")
+    assert fetched.returncode == 0, fetched.stderr
+    assert fetched.stdout == "lan origin /activated\n"
+    proc.send_signal(signal.SIGTERM)
+    _, rest = proc.communicate(timeout=30)
     assert proc.returncode == 0, rest
     assert "Traceback" not in rest
