@@ -28,7 +28,6 @@ from proxyd.detect import Reason, classify_dial_error
 from proxyd.dialers import Connection, Dialer
 from proxyd.errors import ClientGone, DialError
 from proxyd.firstvisit import note_dial
-from proxyd.hotlane import RECV_SIZE
 from proxyd.http1 import BodyKind, HttpError, Request, Response
 from proxyd.http1_body import BodyScanner
 from proxyd.mirror import PlainHttpRoute
@@ -43,6 +42,7 @@ if TYPE_CHECKING:
     # Not at run time: it loads aiohttp, needed only once a [[mirror]] is configured.
     from proxyd.mirror_answer import MirrorAnswer
 
+RECV_SIZE = 256 * 1024
 # How much of a response body the block-page fingerprints look at.
 CLASSIFY_BODY = 4096
 
