@@ -330,7 +330,7 @@ class HttpClient:
             origin.sock.close()
             raise
         if origin_reusable:
-            self.rt.pool.checkin(key, origin)
+            await self.rt.pool.checkin(key, origin)
         else:
             origin.sock.close()
         return client_keep_alive

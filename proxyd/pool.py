@@ -8,12 +8,11 @@ connection and no probe before each use.
 
 The control plane reads and splices raw sockets: ``checkout`` detaches a pooled link's
 socket for it, and ``checkin`` puts a raw socket it is done with back under a transport
-(in the background: the loop attaches it asynchronously).
+(awaited: the loop attaches it asynchronously).
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 from proxyd.dialers import Connection
@@ -32,7 +31,6 @@ class OriginPool:
         # a popular origin, and a pool smaller than the concurrency closes and redials.
         self._max_idle = max_idle_per_key
         self._idle_seconds = idle_seconds
-        self._adopting: set[asyncio.Task[None]] = set()
 
     def take(self, key: PoolKey) -> OriginLink | None:
         """An idle link for the data plane (its owner still unset), or None."""
@@ -84,13 +82,11 @@ class OriginPool:
         conn.sock = detach(transport)
         return conn
 
-    def checkin(self, key: PoolKey, conn: Connection) -> None:
-        """Keep the control plane's ``conn`` for the next request to ``key``."""
-        task = asyncio.ensure_future(self._adopt(key, conn))
-        self._adopting.add(task)
-        task.add_done_callback(self._adopting.discard)
+    async def checkin(self, key: PoolKey, conn: Connection) -> None:
+        """Keep the control plane's ``conn`` for the next request to ``key``.
 
-    async def _adopt(self, key: PoolKey, conn: Connection) -> None:
+        Awaited before the client connection goes back to the data plane, so that its next
+        request finds this connection pooled."""
         try:
             link = await adopt(conn)
         except OSError:
@@ -111,8 +107,6 @@ class OriginPool:
                 del self._idle[key]
 
     def close(self) -> None:
-        for task in list(self._adopting):
-            task.cancel()
         for links in self._idle.values():
             for link, _ in links:
                 link.on_idle_event = None
