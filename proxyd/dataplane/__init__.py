@@ -1,17 +1,17 @@
-"""Moving bytes once the route is decided: the splice relay for tunnels and bodies, the hot
-lane for kept-alive plain-HTTP requests, and the per-request books (``RequestRecord``).
+"""Moving bytes once the route is decided: the splice relay for tunnels and bodies, the
+client ``Protocol`` that serves kept-alive plain-HTTP requests from uvloop's callbacks, and
+the per-request books (``RequestRecord``).
 """
 
 from proxyd.dataplane._accounting import NO_ROUTE, RequestRecord, finish, outcome_for
-from proxyd.dataplane._hotlane import RECV_SIZE, AnswerHead, HotLane
+from proxyd.dataplane._client_protocol import ClientProtocol, Handoff
 from proxyd.dataplane._relay import BodyPipe, SpliceTunnel
 
 __all__ = [
     "NO_ROUTE",
-    "RECV_SIZE",
-    "AnswerHead",
     "BodyPipe",
-    "HotLane",
+    "ClientProtocol",
+    "Handoff",
     "RequestRecord",
     "SpliceTunnel",
     "finish",

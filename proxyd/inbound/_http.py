@@ -3,14 +3,18 @@
 Each request on a connection is parsed, checked and routed on its own (different hosts may
 take different routes). Bodies stream in both directions and are never buffered whole:
 Content-Length bodies are spliced, chunked ones pass through a ``BodyScanner`` verbatim.
-Kept-alive requests to pooled origins are served by ``hotlane``; the tries of one request on
-its plan's routes (the first visit's retry and race) are ``http_attempt``'s.
+Requests of the common shape to pooled origins are served by the data plane
+(``http_protocol``), which hands this control plane the others, one at a time, with the
+connection's raw socket; the tries of one request on its plan's routes (the first visit's
+retry and race) are ``http_attempt``'s.
 
 API::
 
-    HttpClient(rt, sock, client_ip, first_bytes).serve(*, allowed)   until the client should go
+    HttpClient(rt, sock, client_ip, bytes_after_head).serve(handoff, *, allowed) -> bool
+                        serve one handed-over request or answer; True: give the connection
+                        back to the data plane (sock and buf say what it is left with)
         .send(data), .copy_exact(src, dst, count, timeout), .sock, .buf, .loop, .record
-                        what the hot lane and the attempts use of the connection
+                        what the attempts use of the connection
     log_unexpected(exc, client_ip)
     CONNECT_ESTABLISHED     the answer to a CONNECT whose tunnel is up
 """
@@ -22,18 +26,10 @@ import contextlib
 import logging
 import socket
 
-from proxyd.dataplane import (
-    RECV_SIZE,
-    AnswerHead,
-    BodyPipe,
-    HotLane,
-    RequestRecord,
-    finish,
-    outcome_for,
-)
+from proxyd.dataplane import BodyPipe, Handoff, RequestRecord, finish, outcome_for
 from proxyd.errors import ClientGone, DialError
 from proxyd.firstvisit import Outcome, best_error, relay, run_tunnel
-from proxyd.inbound._http_attempt import Exchange, close_answer
+from proxyd.inbound._http_attempt import RECV_SIZE, Exchange, close_answer
 from proxyd.outbound import Connection, PoolKey, run_race, take_answer
 from proxyd.protocol import BodyKind, BodyScanner, HttpError, Request, Response, http1, http1_encode
 from proxyd.runtime import Runtime
@@ -87,9 +83,11 @@ class HttpClient:
             self._pipe.close()
             self._pipe = None
 
-    async def serve(self, *, allowed: bool) -> None:
+    async def serve(self, handoff: Handoff, *, allowed: bool) -> bool:
+        """Serve what the data plane handed over; True: give the connection back to it."""
+        self.idle = False
         try:
-            await self._serve(allowed)
+            return await self._serve(handoff, allowed)
         except HttpError as err:
             await self._send_quietly(
                 http1_encode.error_response(err.status, f"proxyd: {err.reason}")
@@ -99,72 +97,67 @@ class HttpClient:
             pass
         finally:
             self.close_resources()
+        return False
 
-    async def _serve(self, allowed: bool) -> None:
+    async def _serve(self, handoff: Handoff, allowed: bool) -> bool:
         limits = self.rt.config.limits
-        lane = HotLane(self, allowed=allowed)
-        while True:
-            handoff = await lane.next()  # the lane counts the requests it served itself
-            if handoff is None:
-                return
-            self.idle = False
-            if isinstance(handoff, AnswerHead):
-                h = handoff
-                self.record = h.record
-                try:
-                    keep_alive = await self._relay_response(
-                        h.req, h.resp, h.rbuf, h.origin, h.key, limits.idle_timeout
-                    )
-                    h.record.outcome = "ok"
-                finally:
-                    finish(self.rt, h.record)
-                if not keep_alive or self.rt.draining:
-                    return
-                continue
-            req, head_len = handoff, lane.head_len
-            if not allowed:
-                self.rt.stats.connection_refused("not_allowed")
-                await self.send(http1_encode.error_response(403, "proxyd: client not allowed"))
-                return
-            if not await self._authenticated(req):
-                return
-            if req.origin_form:
-                await self.send(self._local_answer(req))
-                return
-            protocol = "connect" if req.is_connect else "http"
-            # A CONNECT head is proxyd's business, not relayed; a request head is forwarded.
-            relayed_head = 0 if req.is_connect else head_len
-            record = RequestRecord(protocol, self.client_ip, req.host, req.port, up=relayed_head)
+        req, head_len = handoff.req, handoff.head_len
+        assert req is not None
+        if handoff.answer is not None:
+            # The data plane sent the request and read the answer's head: its body is ours.
+            origin, key, record = handoff.origin, handoff.key, handoff.record
+            assert origin is not None and key is not None and record is not None
+            self.record = record
             try:
-                if req.is_connect:
-                    # A tunnel may stay open for hours, thousands of them: keep only what
-                    # it needs.
-                    host, port, early = req.host, req.port, bytes(self.buf)
-                    del lane, handoff, req
-                    self.buf = bytearray()
-                    await run_tunnel(
-                        self.rt,
-                        self.sock,
-                        host,
-                        port,
-                        reply=_ConnectReply(self.sock),
-                        client_ip=self.client_ip,
-                        record=record,
-                        client_bytes=early,
-                    )
-                    self.sock = None  # type: ignore[assignment]  # the tunnel closed it
-                    return
-                self.record = record
-                if not await self._forward(req, self.rt.config.limits.idle_timeout):
-                    return
-            except HttpError as err:
-                if record.outcome == "aborted":  # proxyd answers instead of the origin
-                    record.outcome = "client_error" if err.status < 500 else "dial_error"
-                raise
+                keep_alive = await self._relay_response(
+                    req, handoff.answer, bytearray(handoff.rbuf), origin, key, limits.idle_timeout
+                )
+                record.outcome = "ok"
             finally:
                 finish(self.rt, record)
-            if self.rt.draining:
-                return
+            return keep_alive and not self.rt.draining
+        if not allowed:
+            self.rt.stats.connection_refused("not_allowed")
+            await self.send(http1_encode.error_response(403, "proxyd: client not allowed"))
+            return False
+        if not await self._authenticated(req):
+            return False
+        if req.origin_form:
+            await self.send(self._local_answer(req))
+            return False
+        protocol = "connect" if req.is_connect else "http"
+        # A CONNECT head is proxyd's business, not relayed; a request head is forwarded.
+        relayed_head = 0 if req.is_connect else head_len
+        record = RequestRecord(protocol, self.client_ip, req.host, req.port, up=relayed_head)
+        try:
+            if req.is_connect:
+                # A tunnel may stay open for hours, thousands of them: keep only what
+                # it needs.
+                host, port, early = req.host, req.port, bytes(self.buf)
+                del handoff, req
+                self.buf = bytearray()
+                await run_tunnel(
+                    self.rt,
+                    self.sock,
+                    host,
+                    port,
+                    reply=_ConnectReply(self.sock),
+                    client_ip=self.client_ip,
+                    record=record,
+                    client_bytes=early,
+                )
+                self.sock = None  # type: ignore[assignment]  # the tunnel closed it
+                return False
+            self.record = record
+            if not await self._forward(req, self.rt.config.limits.idle_timeout):
+                return False
+        except HttpError as err:
+            if record.outcome == "aborted":  # proxyd answers instead of the origin
+                record.outcome = "client_error" if err.status < 500 else "dial_error"
+            raise
+        finally:
+            finish(self.rt, record)
+        return not self.rt.draining
 
     async def _authenticated(self, req: Request) -> bool:
         access = self.rt.access
@@ -330,7 +323,7 @@ class HttpClient:
             origin.sock.close()
             raise
         if origin_reusable:
-            self.rt.pool.checkin(key, origin)
+            await self.rt.pool.checkin(key, origin)
         else:
             origin.sock.close()
         return client_keep_alive

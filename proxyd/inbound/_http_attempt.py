@@ -22,7 +22,6 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable
 from typing import TYPE_CHECKING, Protocol
 
-from proxyd.dataplane import RECV_SIZE
 from proxyd.errors import ClientGone, DialError
 from proxyd.firstvisit import note_dial
 from proxyd.learning import Reason, classify_dial_error
@@ -68,6 +67,7 @@ class HttpClient(Protocol):
     ) -> None: ...
 
 
+RECV_SIZE = 256 * 1024
 # How much of a response body the block-page fingerprints look at.
 CLASSIFY_BODY = 4096
 

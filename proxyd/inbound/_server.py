@@ -1,15 +1,18 @@
 """Listeners, accept, protocol sniffing, connection limits, reload and drain.
 
-The inbound socket stays raw: the first bytes are read with ``loop.sock_recv`` and decide
-the protocol (0x05 SOCKS5, 0x04 SOCKS4/4a, anything else HTTP), so a tunnel can later be
-spliced without ever having been wrapped in a transport.
+Listeners are served by the event loop's C accept loop (``loop.create_server``): each
+connection starts on the data plane, a ``ClientProtocol`` (``http_protocol``), with no task.
+Its first bytes decide the protocol (0x05 SOCKS5, 0x04 SOCKS4/4a, anything else HTTP).
+Whatever the data plane does not serve is handed here with its raw socket and the bytes
+already read (``take_over``), and a task runs the control plane for it: SOCKS, CONNECT
+tunnels (spliced), first visits, bodies, refusals. A plain-HTTP connection the control
+plane is done with goes back to the data plane (``_hand_back``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import socket
 from collections import Counter
@@ -17,6 +20,7 @@ from dataclasses import dataclass
 
 from proxyd.access import AccessPolicy, AuthThrottle
 from proxyd.config import Config, ListenAddress
+from proxyd.dataplane import ClientProtocol, Handoff
 from proxyd.errors import DnsPoisoned
 from proxyd.inbound._http import HttpClient, log_unexpected
 from proxyd.inbound._socks import serve_socks
@@ -30,7 +34,6 @@ from proxyd.runtime import Runtime
 log = logging.getLogger("proxyd")
 
 FIRST_READ = 256 * 1024
-ACCEPTS_PER_WAKEUP = 64
 LISTEN_BACKLOG = 1024
 POOL_SWEEP_SECONDS = 15.0
 # SOCKS5 "general failure" (no method negotiated yet, so no richer code is possible).
@@ -44,11 +47,16 @@ class StartupError(Exception):
 
 
 @dataclass(slots=True)
-class _Client:
+class _Handed:
+    """A connection in the control plane's hands (a task), with what the data plane knew."""
+
     sock: socket.socket
     ip: str
+    allowed: bool | None
+    http_opened: bool
     http: HttpClient | None = None
-    sniffing: bool = True
+    sniffing: bool = False
+    handed_back: bool = False
 
     @property
     def idle(self) -> bool:
@@ -76,7 +84,10 @@ class ProxyServer:
         self, config: Config, learned: LearnedRoutes | None, stats: Stats | None = None
     ) -> None:
         self._listeners: dict[ListenAddress, socket.socket] = {}
-        self._clients: dict[asyncio.Task[None], _Client] = {}
+        self._servers: dict[ListenAddress, asyncio.Task[asyncio.AbstractServer]] = {}
+        self._clients: dict[asyncio.Task[None], _Handed] = {}
+        self._fast: set[ClientProtocol] = set()
+        self._fast_gone: asyncio.Future[None] | None = None
         self._per_client: Counter[str] = Counter()
         self._sweeper: asyncio.TimerHandle | None = None
         self._auth_throttle = AuthThrottle(config.auth.max_failures, config.auth.failure_window)
@@ -142,10 +153,26 @@ class ProxyServer:
         else:
             for addr in self.rt.config.listen:
                 self._listeners[addr] = bind_listener(addr)
-        for sock in self._listeners.values():
-            loop.add_reader(sock.fileno(), self._accept, sock)
+        for addr, sock in self._listeners.items():
+            self._serve_listener(addr, sock)
         self._refresh_endpoints()
         self._sweeper = loop.call_later(POOL_SWEEP_SECONDS, self._sweep)
+
+    def _serve_listener(self, addr: ListenAddress, sock: socket.socket) -> None:
+        # Until the loop has attached it, connections wait in the listening socket's backlog.
+        loop = asyncio.get_running_loop()
+        self._servers[addr] = asyncio.ensure_future(
+            loop.create_server(lambda: ClientProtocol(self), sock=sock, backlog=LISTEN_BACKLOG)
+        )
+
+    def _stop_listener(self, addr: ListenAddress) -> None:
+        sock = self._listeners.pop(addr)
+        task = self._servers.pop(addr)
+        if task.done() and task.exception() is None:
+            task.result().close()  # closes the listening socket too
+        else:
+            task.cancel()
+            sock.close()
 
     def _refresh_endpoints(self) -> None:
         own = [ep for ep in self._own_endpoints if ep not in self._listener_endpoints()]
@@ -160,17 +187,14 @@ class ProxyServer:
 
     def apply_config(self, config: Config) -> None:
         """Switch to a validated config: new requests see it, live connections keep going."""
-        loop = asyncio.get_running_loop()
         wanted = set(config.listen)
         added = [a for a in config.listen if a not in self._listeners]
         opened = {addr: bind_listener(addr) for addr in added}  # may raise: nothing changed yet
         for addr in [a for a in self._listeners if a not in wanted]:
-            sock = self._listeners.pop(addr)
-            loop.remove_reader(sock.fileno())
-            sock.close()
+            self._stop_listener(addr)
         for addr, sock in opened.items():
             self._listeners[addr] = sock
-            loop.add_reader(sock.fileno(), self._accept, sock)
+            self._serve_listener(addr, sock)
         self.rt.config = config
         self.rt.access = self._access_for(config)
         self.rt.upstreams.reconfigure(config.upstreams)
@@ -183,21 +207,30 @@ class ProxyServer:
         self._refresh_endpoints()
 
     def close_listeners(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sock in self._listeners.values():
-            loop.remove_reader(sock.fileno())
-            sock.close()
-        self._listeners.clear()
+        for addr in list(self._listeners):
+            self._stop_listener(addr)
 
     async def drain(self, grace: float) -> None:
         """Stop accepting, close idle clients, give tunnels ``grace`` seconds, then cut."""
         self.rt.draining = True
         self.close_listeners()
-        for task, client in list(self._clients.items()):
-            if client.idle:
+        loop = asyncio.get_running_loop()
+        for client in list(self._fast):
+            client.close_if_idle()
+        for task, handed in list(self._clients.items()):
+            if handed.idle:
                 task.cancel()
+        deadline = loop.time() + grace
+        if self._fast:
+            self._fast_gone = loop.create_future()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._fast_gone), grace)
+            for client in list(self._fast):
+                if client.transport is not None:
+                    client.transport.abort()
         if self._clients:
-            _done, pending = await asyncio.wait(list(self._clients), timeout=grace)
+            left = max(0.0, deadline - loop.time())
+            _done, pending = await asyncio.wait(list(self._clients), timeout=left)
             for task in pending:
                 task.cancel()
             if pending:
@@ -209,73 +242,91 @@ class ProxyServer:
 
     @property
     def active_clients(self) -> int:
-        return len(self._clients)
+        return len(self._clients) + len(self._fast)
 
-    # -- accept and sniff ----------------------------------------------------------------
+    # -- the data plane's connections ----------------------------------------------------
 
-    def _accept(self, listener: socket.socket) -> None:
+    def admit(self, client: ClientProtocol) -> bool:
+        """Count a new connection; False: over a connection limit (it is refused)."""
         limits = self.rt.config.limits
-        for _ in range(ACCEPTS_PER_WAKEUP):
-            try:
-                sock, peer = listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    log.warning("accept failed: %s (connection limit of the system)", exc)
-                    return
-                continue
-            sock.setblocking(False)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            client_ip = str(peer[0])
-            over_limit = None
-            if len(self._clients) >= limits.max_connections:
-                over_limit = "max_connections"
-            elif self._per_client[client_ip] >= limits.max_connections_per_client:
-                over_limit = "max_connections_per_client"
-            client = _Client(sock, client_ip)
-            if over_limit is None:
-                handler = self._handle(client)
-            else:
-                self.rt.stats.limit_hit(over_limit)
-                handler = self._refuse(client)
-            task = asyncio.ensure_future(handler)
-            self._clients[task] = client
-            self._per_client[client_ip] += 1
-            task.add_done_callback(self._client_done)
+        over_limit = None
+        if len(self._clients) + len(self._fast) >= limits.max_connections:
+            over_limit = "max_connections"
+        elif self._per_client[client.ip] >= limits.max_connections_per_client:
+            over_limit = "max_connections_per_client"
+        self._fast.add(client)
+        self._per_client[client.ip] += 1
+        if over_limit is None:
+            return True
+        self.rt.stats.limit_hit(over_limit)
+        return False
+
+    def released(self, client: ClientProtocol) -> None:
+        """A data-plane connection closed for good."""
+        self._fast.discard(client)
+        self._uncount(client.ip, client.http_opened)
+        if not self._fast and self._fast_gone is not None and not self._fast_gone.done():
+            self._fast_gone.set_result(None)
+
+    def _uncount(self, ip: str, http_opened: bool) -> None:
+        self._per_client[ip] -= 1
+        if not self._per_client[ip]:
+            del self._per_client[ip]
+        if http_opened:
+            self.rt.stats.connection_closed("http")
+
+    def take_over(self, client: ClientProtocol, sock: socket.socket, handoff: Handoff) -> None:
+        """The control plane takes a connection the data plane cannot serve."""
+        self._fast.discard(client)
+        if not self._fast and self._fast_gone is not None and not self._fast_gone.done():
+            self._fast_gone.set_result(None)
+        handed = _Handed(sock, client.ip, client.allowed, client.http_opened)
+        if handoff.refused:
+            handler = self._refuse(handed)
+        elif handoff.first:
+            handler = self._sniffed(handed, handoff.buf)
+        else:
+            handler = self._control(handed, handoff)
+        task = asyncio.ensure_future(handler)
+        self._clients[task] = handed
+        task.add_done_callback(self._client_done)
 
     def _client_done(self, task: asyncio.Task[None]) -> None:
-        client = self._clients.pop(task)
-        self._per_client[client.ip] -= 1
-        if not self._per_client[client.ip]:
-            del self._per_client[client.ip]
-        client.sock.close()
+        handed = self._clients.pop(task)
+        if handed.handed_back:
+            return  # the data plane has it again, and counts it
+        self._uncount(handed.ip, handed.http_opened)
+        if handed.sock is not None:
+            handed.sock.close()
 
-    async def _read_first(self, client: _Client) -> bytes:
-        # Clients send right after connecting, so by the time the accept is handled the
-        # bytes are often there already: one recv then saves a timer and a future.
+    async def _hand_back(self, handed: _Handed, http: HttpClient) -> None:
+        """A plain-HTTP connection the control plane is done with goes to the data plane."""
+        client = ClientProtocol(self, ip=handed.ip, buf=bytes(http.buf), allowed=handed.allowed)
+        self._fast.add(client)
+        handed.handed_back = True
         try:
-            first = client.sock.recv(FIRST_READ)
-        except (BlockingIOError, InterruptedError):
-            pass
-        except OSError:
-            return b""
-        else:
-            return first
+            await asyncio.get_running_loop().connect_accepted_socket(lambda: client, http.sock)
+        except BaseException:
+            handed.handed_back = False
+            self._fast.discard(client)
+            raise
+
+    async def _read_first(self, handed: _Handed) -> bytes:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.rt.config.limits.head_timeout):
-                return await loop.sock_recv(client.sock, FIRST_READ)
+                return await loop.sock_recv(handed.sock, FIRST_READ)
         except TimeoutError:
             self.rt.stats.limit_hit("head_timeout")
             return b""
         except OSError:
             return b""
 
-    async def _refuse(self, client: _Client) -> None:
+    async def _refuse(self, handed: _Handed) -> None:
         """Over a connection limit: answer in the client's protocol, then close."""
         self.rt.stats.connection_refused("limit")
-        first = await self._read_first(client)
+        handed.sniffing = True
+        first = await self._read_first(handed)
         if not first:
             return
         if first[0] == 5:
@@ -287,24 +338,17 @@ class ProxyServer:
                 503, "proxyd: too many connections, try again later"
             )
         with contextlib.suppress(OSError):
-            await asyncio.get_running_loop().sock_sendall(client.sock, answer)
+            await asyncio.get_running_loop().sock_sendall(handed.sock, answer)
 
-    async def _handle(self, client: _Client) -> None:
+    async def _sniffed(self, handed: _Handed, first: bytes) -> None:
+        """A SOCKS client: its first bytes chose the protocol."""
         try:
-            first = await self._read_first(client)
-            if not first:
-                return
-            client.sniffing = False
-            allowed = self.rt.access.client_allowed(client.ip)
-            protocol = _PROTOCOLS.get(first[0], "http")
+            allowed = self.rt.access.client_allowed(handed.ip)
+            protocol = _PROTOCOLS[first[0]]
             stats = self.rt.stats
             stats.connection_opened(protocol)
             try:
-                if protocol != "http":
-                    await serve_socks(self.rt, client.sock, client.ip, first, allowed=allowed)
-                else:
-                    client.http = HttpClient(self.rt, client.sock, client.ip, first)
-                    await client.http.serve(allowed=allowed)
+                await serve_socks(self.rt, handed.sock, handed.ip, first, allowed=allowed)
             finally:
                 stats.connection_closed(protocol)
         except (OSError, TimeoutError):
@@ -312,4 +356,19 @@ class ProxyServer:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log_unexpected(exc, client.ip)
+            log_unexpected(exc, handed.ip)
+
+    async def _control(self, handed: _Handed, handoff: Handoff) -> None:
+        """One plain-HTTP request (or its answer) the data plane handed over."""
+        try:
+            http = handed.http = HttpClient(self.rt, handed.sock, handed.ip, handoff.buf)
+            back = await http.serve(handoff, allowed=bool(handed.allowed))
+            if back and not self.rt.draining and http.sock is not None:
+                handed.sock = http.sock
+                await self._hand_back(handed, http)
+        except (OSError, TimeoutError):
+            pass
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log_unexpected(exc, handed.ip)

@@ -4,6 +4,7 @@ health, the origin connection pool and the race of tentative attempts.
 
 from proxyd.outbound._desync import ROUTE, DesyncDialer, send_first
 from proxyd.outbound._dialers import Address, Connection, Dialer, DirectDialer, forbid_endpoints
+from proxyd.outbound._origin_link import OriginLink, detach
 from proxyd.outbound._pool import OriginPool, PoolKey
 from proxyd.outbound._race import (
     AttemptFailed,
@@ -26,10 +27,12 @@ __all__ = [
     "Dialer",
     "DirectDialer",
     "Leg",
+    "OriginLink",
     "OriginPool",
     "PoolKey",
     "RaceResult",
     "UpstreamSet",
+    "detach",
     "dial_in_leg",
     "forbid_endpoints",
     "isolation_scope",

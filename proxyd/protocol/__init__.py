@@ -5,10 +5,11 @@ server handshake, the client handshakes proxyd speaks to upstreams, and the TLS
 ClientHello reader (``tls_hello``).
 """
 
+from proxyd.protocol import _fasthead as fasthead
 from proxyd.protocol import _http1 as http1
 from proxyd.protocol import _http1_encode as http1_encode
 from proxyd.protocol import _tls_hello as tls_hello
-from proxyd.protocol._http1 import BodyKind, HttpError, Request, Response
+from proxyd.protocol._http1 import BodyKind, Framing, HttpError, Request, Response
 from proxyd.protocol._http1_body import BodyScanner
 from proxyd.protocol._http1_encode import FRAMING_FIELDS, HOP_BY_HOP
 from proxyd.protocol._socks import ConnectRequest, HandshakeFailed, SendBytes, SocksHandshake
@@ -31,6 +32,7 @@ __all__ = [
     "BodyScanner",
     "ClientHandshake",
     "ConnectRequest",
+    "Framing",
     "HandshakeFailed",
     "HttpConnectHandshake",
     "HttpError",
@@ -41,6 +43,7 @@ __all__ = [
     "Socks5Handshake",
     "SocksHandshake",
     "Target",
+    "fasthead",
     "http1",
     "http1_encode",
     "sni_from_client_hello",

@@ -63,6 +63,8 @@ def test_the_document_stays_short() -> None:
 
 def test_a_renamed_function_would_be_caught(tmp_path: Path) -> None:
     # The check above reads names, not prose: a name that is not defined is reported.
-    assert "HotLane.next" in _definitions()
-    assert "HotLane.no_such_step" not in _definitions()
-    assert _named_calls("then `HotLane.no_such_step()` runs") == {"HotLane.no_such_step"}
+    assert "ClientProtocol.data_received" in _definitions()
+    assert "ClientProtocol.no_such_step" not in _definitions()
+    assert _named_calls("then `ClientProtocol.no_such_step()` runs") == {
+        "ClientProtocol.no_such_step"
+    }
