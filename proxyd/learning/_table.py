@@ -28,11 +28,13 @@ The rules:
   ``confirm_blocked``. Strong reasons block at once; weak ones only once
   ``weak_threshold`` weak direct failures of the domain fell within ``weak_window``.
 - Stalls (the "16 KB freeze") cannot be rescued on their own connection, and every
-  frozen connection did get its first byte (a direct success), so they are counted apart
-  from other failures: ``weak_threshold`` stalls of a domain within ``weak_window`` make it
-  suspected for ``STALL_SUSPECT_FOR``, and routing then sends its next tunnels through an
-  upstream as the control; one that carries more server data than a freeze allows
-  confirms the block (``confirm_blocked`` with ``Reason.STALL_AFTER_DATA``).
+  frozen connection did get its first byte (a direct success), so they are kept apart
+  from other failures. One stall makes the domain suspected for ``STALL_SUSPECT_FOR``
+  (the caller has already checked that the server stopped acknowledging, so an idle
+  keep-alive connection the browser dropped never gets here); routing then sends its next
+  tunnels through an upstream as the control, and one that carries more server data
+  than a freeze allows confirms the block (``confirm_blocked`` with
+  ``Reason.STALL_AFTER_DATA``). A suspicion no control confirms lapses.
 - Per-host exceptions: if another host of the same registrable domain succeeded direct
   recently (remembered in memory only, not persisted: that would be a browsing log), only
   the failing host is blocked; a whole-domain block would send working hosts through an
@@ -161,14 +163,9 @@ class LearningTable:
         return self._paused
 
     def stall_suspected(self, host: str, now: float) -> bool:
-        """Whether direct tunnels to ``host``'s domain froze often enough, recently enough."""
+        """Whether a direct tunnel to ``host``'s domain froze recently enough."""
         stalls = self._stalls.get(registrable_domain(host))
-        return (
-            stalls is not None
-            and len(stalls) >= self._weak_threshold
-            and stalls[-1] - stalls[0] <= self._weak_window
-            and now - stalls[-1] <= STALL_SUSPECT_FOR
-        )
+        return stalls is not None and len(stalls) > 0 and now - stalls[-1] <= STALL_SUSPECT_FOR
 
     def snapshot(self) -> list[DomainState]:
         return sorted(self._entries.values(), key=lambda entry: entry.key)
@@ -219,7 +216,7 @@ class LearningTable:
         if self._paused or is_local_destination(host):
             return False
         domain = registrable_domain(host)
-        stalls = self._stalls.pop(domain, deque(maxlen=self._weak_threshold))
+        stalls = self._stalls.pop(domain, deque(maxlen=EVIDENCE_KEPT))
         stalls.append(now)
         self._stalls[domain] = stalls
         _trim(self._stalls)

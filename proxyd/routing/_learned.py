@@ -46,6 +46,10 @@ STATE_FILE = "routes.json"
 INITIAL_RTT = 0.25
 RACE_RTTS = 4.0
 RACE_CEILING = 2.0
+# A frozen server's ACKs are dropped with its data; a live one acknowledges in one RTT.
+FIN_ACK_RTTS = 6.0
+FIN_ACK_MIN = 0.3
+FIN_ACK_MAX = 2.0
 
 
 class LearnedRoutes:
@@ -126,16 +130,21 @@ class LearnedRoutes:
         self._changed()
 
     def direct_stalled(self, host: str, server_bytes: int) -> None:
-        """A direct tunnel to ``host`` froze after ``server_bytes`` (``detect.is_stall``)."""
+        """A direct tunnel to ``host`` froze after ``server_bytes`` (``detect.is_stall``)
+        and the server never acknowledged our FIN (``firstvisit._freeze``)."""
         self.stats.detection(Reason.STALL_AFTER_DATA)
-        log.debug("direct tunnel to %s stalled after %d bytes", host, server_bytes)
         if self.table.record_stall(host, self.now):
             log.info(
-                "%s: direct tunnels froze after some data %d times; the next ones go through "
-                "the upstreams to confirm the block",
+                "%s: a direct tunnel froze after %d bytes of server data; the next ones go "
+                "through the upstreams to confirm the block",
                 host,
-                self.config.weak_threshold,
+                server_bytes,
             )
+
+    @property
+    def fin_ack_wait(self) -> float:
+        """How long a healthy server may take to acknowledge our FIN: a few round trips."""
+        return min(max(FIN_ACK_RTTS * self._srtt, FIN_ACK_MIN), FIN_ACK_MAX)
 
     def stall_suspected(self, host: str) -> bool:
         return self.table.stall_suspected(host, self.now)
