@@ -80,6 +80,9 @@ class LearningConfig:
     # Regex sources, searched (not full-matched) in Location and, UTF-8 encoded, the body.
     blockpage_fingerprints: tuple[str, ...] = ()
     desync: bool = False  # try the direct route with split first bytes before upstreams
+    # Hosts the outage gate may ask, direct, whether the network is up, when no host
+    # worked direct in the last minutes (``learning.OutageGate``).
+    canaries: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -331,6 +331,7 @@ _LEARNING: dict[str, Reader] = {
     "blockpage_networks": _array(_network),
     "blockpage_fingerprints": _array(_fingerprint),
     "desync": _bool,
+    "canaries": _array(_host),
 }
 
 _RULE: dict[str, Reader] = {

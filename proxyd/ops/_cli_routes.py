@@ -196,6 +196,8 @@ def _print_explanation(explained: dict[str, Any], as_json: bool) -> None:
         return
     routes = ", ".join(explained["routes"]) or "refused"
     print(f"{explained['host']}:{explained['port']} -> {routes}\n  {explained['why']}")
+    if explained.get("gate"):
+        print(f"  {explained['gate']}")
 
 
 def routes_command(argv: Sequence[str]) -> int:

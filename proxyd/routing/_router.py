@@ -298,13 +298,17 @@ class Router:
             plan = self.plan(host, port)
         except DialError as err:
             return {"host": host, "port": port, "routes": [], "why": err.describe()}
-        return {
+        explained: dict[str, object] = {
             "host": host,
             "port": port,
             "routes": [r.name for r in plan.routes],
             "why": plan.why,
             "learning": plan.learn,
         }
+        gate = self.learned.gate_summary() if self.learned is not None else None
+        if gate is not None:
+            explained["gate"] = gate
+        return explained
 
 
 def _describe(rule: RuleConfig) -> str:

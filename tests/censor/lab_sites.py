@@ -93,6 +93,9 @@ SITES: tuple[Site, ...] = (
     Site("mirror.example", "198.18.2.21"),
     Site("gone-mirror.example", "198.18.2.22", listening=False),
     Site("freeze.example", "198.18.2.23", (Censorship.FREEZE,)),
+    # More SNI-blocked domains, for a burst of unrelated blocked sites (a news page).
+    Site("video.example", "198.18.2.24", (Censorship.SNI,)),
+    Site("chat.example", "198.18.2.25", (Censorship.SNI,)),
 )
 
 

@@ -20,7 +20,10 @@
   ``lab.wait_for_origin(host=, path=, peer_ip=, since=, timeout=)``;
   ``lab.isp_page_log()`` for requests the block page and the 302 responder answered.
 - ``lab.censor``: see lab_censor.py (block/unblock primitives and counters).
-- ``lab.reset()``: default censorship back, first SOCKS server up, extra ones stopped.
+- ``lab.cut_uplink()`` / ``lab.restore_uplink()``: the ISP's link to the internet
+  namespace goes down (its routes with it: the ISP answers "network unreachable") / up.
+- ``lab.reset()``: default censorship back, uplink up, first SOCKS server up, extra ones
+  stopped.
 
 Names are ``pxd<pid>n<seq>{c,r,i}``; ``close()`` stops only this lab's processes (by PID)
 and deletes only its namespaces and files.
@@ -202,7 +205,8 @@ class NetLab:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
     def reset(self) -> None:
-        """Undo what a test changed: censorship, SOCKS servers started or stopped."""
+        """Undo what a test changed: censorship, the uplink, SOCKS servers."""
+        self.restore_uplink()
         self.censor.restore_defaults()
         for socks in self._extra_socks:
             socks.stop()
@@ -240,6 +244,12 @@ class NetLab:
             "--dump-dom",
             url,
         ]
+
+    def cut_uplink(self) -> None:
+        _ip_batch(self.isp, "link set to-internet down")
+
+    def restore_uplink(self) -> None:
+        _ip_batch(self.isp, "link set to-internet up")
 
     def start_socks(self, address: str | None = None, port: int = SOCKS_PORT) -> SocksServer:
         """Another SOCKS5 server, on a spare address unless one is given."""
