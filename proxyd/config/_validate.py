@@ -38,7 +38,16 @@ KeyPath = tuple[str | int, ...]
 Reader = Callable[[Any, KeyPath], Any]
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
-BUILTIN_ROUTES = ("direct", "desync", "reject", "auto")
+BUILTIN_ROUTES = (
+    "direct",
+    "desync",
+    "desync:split",
+    "desync:tlsrec",
+    "desync:both",
+    "desync:hostcase",
+    "reject",
+    "auto",
+)
 RULE_MATCHERS = ("host", "domain", "regex", "cidr", "port")
 REMOTE_DNS_SCHEMES = frozenset({"socks5h", "socks4a"})
 

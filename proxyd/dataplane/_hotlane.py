@@ -41,8 +41,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from proxyd.dataplane._accounting import NO_ROUTE, RequestRecord, finish
 from proxyd.errors import DialError
-from proxyd.outbound import ROUTE as DESYNC
-from proxyd.outbound import Connection, PoolKey, isolation_scope
+from proxyd.outbound import Connection, PoolKey, is_desync, isolation_scope
 from proxyd.protocol import BodyKind, HttpError, Request, Response, http1, http1_encode
 
 if TYPE_CHECKING:
@@ -282,7 +281,7 @@ class HotLane:
             plan = rt.router.plan(req.host, req.port, plain_http=True)
         except DialError:
             return False
-        if plan.learn or plan.first.name == DESYNC:
+        if plan.learn or is_desync(plan.first.name):
             # A first visit is the control plane's to watch; a desync head must be split.
             return False
         # A mirror first (never a pool key) misses the pool below and goes to the coroutine.

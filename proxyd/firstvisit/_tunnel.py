@@ -11,7 +11,7 @@ from proxyd.errors import ClientGone, DialError, UpstreamError
 from proxyd.firstvisit._freeze import freeze_watch
 from proxyd.firstvisit._retry import TunnelReply, TunnelVisit, note_dial, note_dial_failure
 from proxyd.learning import DIRECT, STALL_MAX_BYTES, Reason
-from proxyd.outbound import Connection, send_first
+from proxyd.outbound import Connection, is_desync, send_first
 from proxyd.runtime import Runtime
 
 
@@ -41,7 +41,7 @@ async def run_tunnel(
         await reply.failure(err)
         return
     record.route = plan.first.name
-    if len(plan.routes) == 1:
+    if len(plan.routes) == 1 and not is_desync(plan.first.name):
         # One possible route: nothing to fall back to, so no first bytes to keep.
         try:
             conn = await plan.first.dial(

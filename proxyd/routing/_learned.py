@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from proxyd.learning import (
     Stats,
     Strength,
     classify_first_response,
+    registrable_domain,
 )
 from proxyd.outbound import DirectDialer, spawn
 from proxyd.routing._retest_probes import probe_http, probe_tls, probe_tls_transfer
@@ -52,6 +54,7 @@ RACE_CEILING = 2.0
 FIN_ACK_RTTS = 6.0
 FIN_ACK_MIN = 0.3
 FIN_ACK_MAX = 2.0
+DESYNC_BROKEN_KEPT = 4096
 
 
 class LearnedRoutes:
@@ -81,6 +84,7 @@ class LearnedRoutes:
         self._srtt = INITIAL_RTT
         self._direct: DirectDialer | None = None  # for canaries; set by start_retests
         self._gate_note: str | None = None
+        self._desync_broken: OrderedDict[str, frozenset[str]] = OrderedDict()
         self.save_failed: str | None = None
         self.on_saved: Callable[[bool], None] | None = None  # told every save's outcome
 
@@ -210,6 +214,20 @@ class LearnedRoutes:
     def fin_ack_wait(self) -> float:
         """How long a healthy server may take to acknowledge our FIN: a few round trips."""
         return min(max(FIN_ACK_RTTS * self._srtt, FIN_ACK_MIN), FIN_ACK_MAX)
+
+    def desync_broken(self, host: str) -> frozenset[str]:
+        """Desync routes that broke the handshake with ``host``'s domain (in memory)."""
+        return self._desync_broken.get(registrable_domain(host), frozenset())
+
+    def mark_desync_broken(self, host: str, route: str) -> None:
+        """The breakage guard: ``route`` got a TLS alert or an HTTP 400 right away."""
+        domain = registrable_domain(host)
+        broken = self._desync_broken.pop(domain, frozenset()) | {route}
+        self._desync_broken[domain] = broken
+        while len(self._desync_broken) > DESYNC_BROKEN_KEPT:
+            self._desync_broken.popitem(last=False)
+        self.stats.detection(Reason.DESYNC_REJECTED)
+        log.info("%s: %s broke the handshake; not tried there again", domain, route)
 
     def gate_summary(self) -> str | None:
         """What the outage gate last did, for ``proxyd why``; None if it never acted."""
