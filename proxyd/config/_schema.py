@@ -79,7 +79,11 @@ class LearningConfig:
     blockpage_networks: tuple[Network, ...] = ()
     # Regex sources, searched (not full-matched) in Location and, UTF-8 encoded, the body.
     blockpage_fingerprints: tuple[str, ...] = ()
-    desync: bool = False  # try the direct route with split first bytes before upstreams
+    # Try the desync ladder (the direct route with reshaped first bytes) before upstreams.
+    desync: bool = True
+    # Hosts the outage gate may ask, direct, whether the network is up, when no host
+    # worked direct in the last minutes (``learning.OutageGate``).
+    canaries: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -38,7 +38,16 @@ KeyPath = tuple[str | int, ...]
 Reader = Callable[[Any, KeyPath], Any]
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
-BUILTIN_ROUTES = ("direct", "desync", "reject", "auto")
+BUILTIN_ROUTES = (
+    "direct",
+    "desync",
+    "desync:split",
+    "desync:tlsrec",
+    "desync:both",
+    "desync:hostcase",
+    "reject",
+    "auto",
+)
 RULE_MATCHERS = ("host", "domain", "regex", "cidr", "port")
 REMOTE_DNS_SCHEMES = frozenset({"socks5h", "socks4a"})
 
@@ -331,6 +340,7 @@ _LEARNING: dict[str, Reader] = {
     "blockpage_networks": _array(_network),
     "blockpage_fingerprints": _array(_fingerprint),
     "desync": _bool,
+    "canaries": _array(_host),
 }
 
 _RULE: dict[str, Reader] = {

@@ -32,8 +32,7 @@ from typing import TYPE_CHECKING, Protocol, cast
 
 from proxyd.dataplane._accounting import NO_ROUTE, RequestRecord, finish
 from proxyd.errors import DialError
-from proxyd.outbound import ROUTE as DESYNC
-from proxyd.outbound import OriginLink, PoolKey, detach, isolation_scope
+from proxyd.outbound import OriginLink, PoolKey, detach, is_desync, isolation_scope
 from proxyd.protocol import (
     BodyScanner,
     Framing,
@@ -356,7 +355,7 @@ class ClientProtocol(asyncio.Protocol):
         except DialError:
             return False
         route = plan.first
-        if plan.learn or route.name == DESYNC:
+        if plan.learn or is_desync(route.name):
             # A first visit is the control plane's to watch; a desync head must be split.
             return False
         # A mirror first (never a pool key) misses the pool below and goes to the coroutine.

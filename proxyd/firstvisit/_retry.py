@@ -25,12 +25,13 @@ from proxyd.outbound import (
     Leg,
     RaceResult,
     dial_in_leg,
+    is_desync,
     run_race,
     send_first,
     spawn,
     take_answer,
 )
-from proxyd.protocol import HANDSHAKE, RECORD_HEADER
+from proxyd.protocol import HANDSHAKE, RECORD_HEADER, desync
 from proxyd.routing import RoutePlan
 
 if TYPE_CHECKING:
@@ -285,6 +286,10 @@ class TunnelVisit:
             server_ready.cancel()
         if not answer:
             raise AttemptFailed(Reason.EOF_BEFORE_RESPONSE)
+        if first and is_desync(route) and desync.rejected(answer):
+            if self.rt.learned is not None:
+                self.rt.learned.mark_desync_broken(self.host, route)
+            raise AttemptFailed(Reason.DESYNC_REJECTED)
         if first and self.rt.learned is not None:
             reason = self.rt.learned.classify(first, answer)
             if reason is not None:

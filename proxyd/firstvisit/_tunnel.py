@@ -8,10 +8,10 @@ from collections.abc import Callable
 
 from proxyd.dataplane import RequestRecord, SpliceTunnel, outcome_for
 from proxyd.errors import ClientGone, DialError, UpstreamError
+from proxyd.firstvisit._freeze import freeze_watch
 from proxyd.firstvisit._retry import TunnelReply, TunnelVisit, note_dial, note_dial_failure
-from proxyd.learning import DIRECT, STALL_MAX_BYTES, Reason, is_stall
-from proxyd.outbound import Connection, send_first
-from proxyd.routing import RoutePlan
+from proxyd.learning import DIRECT, STALL_MAX_BYTES, Reason
+from proxyd.outbound import Connection, is_desync, send_first
 from proxyd.runtime import Runtime
 
 
@@ -41,7 +41,7 @@ async def run_tunnel(
         await reply.failure(err)
         return
     record.route = plan.first.name
-    if len(plan.routes) == 1:
+    if len(plan.routes) == 1 and not is_desync(plan.first.name):
         # One possible route: nothing to fall back to, so no first bytes to keep.
         try:
             conn = await plan.first.dial(
@@ -89,37 +89,12 @@ async def run_tunnel(
         return
     record.up += len(visit.first_bytes)
     record.down += len(server_bytes)
-    watch = _freeze_watch(rt, host, plan, conn.route, record)
+    watch = freeze_watch(rt, host, plan, conn.route, record)
     await relay(rt, client, conn, record, on_client_done=watch)
     # The control of a suspected freeze: an upstream carried more than a freeze lets through.
     passed_freeze = record.down > STALL_MAX_BYTES and conn.route != DIRECT
     if plan.stall_control and passed_freeze and rt.learned is not None:
         rt.learned.confirm(host, Reason.STALL_AFTER_DATA, conn.route)
-
-
-def _freeze_watch(
-    rt: Runtime, host: str, plan: RoutePlan, route: str, record: RequestRecord
-) -> Callable[[SpliceTunnel], bool] | None:
-    """For a first visit that went direct: did the tunnel freeze (``detect.is_stall``)?"""
-    learned = rt.learned
-    if learned is None or not learned.config.enabled or not plan.learn or route != DIRECT:
-        return None
-
-    def client_done(tunnel: SpliceTunnel) -> bool:
-        if tunnel.timed_out:
-            return False  # nobody gave up: both sides were idle
-        server_bytes = record.down + tunnel.down.moved
-        stalled = is_stall(
-            server_bytes,
-            server_closed=tunnel.down.eof,
-            silence=tunnel.server_silence,
-            stall_after=learned.config.stall_after,
-        )
-        if stalled:
-            learned.direct_stalled(host, server_bytes)
-        return stalled
-
-    return client_done
 
 
 async def relay(

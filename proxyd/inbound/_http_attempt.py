@@ -33,10 +33,20 @@ from proxyd.outbound import (
     Leg,
     PoolKey,
     dial_in_leg,
+    is_desync,
     isolation_scope,
     send_first,
 )
-from proxyd.protocol import BodyKind, BodyScanner, HttpError, Request, Response, http1, http1_encode
+from proxyd.protocol import (
+    BodyKind,
+    BodyScanner,
+    HttpError,
+    Request,
+    Response,
+    desync,
+    http1,
+    http1_encode,
+)
 from proxyd.routing import RoutePlan
 
 if TYPE_CHECKING:
@@ -183,6 +193,11 @@ class Exchange:
         self.timings[leg.route.name] = (None if reused else origin.connect_seconds, first_byte)
         answer = (origin, key, resp, rbuf)
         learned = rt.learned
+        if is_desync(leg.route.name) and desync.rejected(raw_head):
+            origin.sock.close()  # the breakage guard
+            if learned is not None:
+                learned.mark_desync_broken(req.host, leg.route.name)
+            raise AttemptFailed(Reason.DESYNC_REJECTED)
         if self.plan.learn and learned is not None:
             reason = learned.classify(self.head, raw_head + bytes(rbuf[:CLASSIFY_BODY]))
             if reason is not None:

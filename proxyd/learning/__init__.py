@@ -24,6 +24,7 @@ from proxyd.learning._domains import (
     registrable_domain,
 )
 from proxyd.learning._lists import FORMATS, DomainList, ListError, read_list
+from proxyd.learning._outage import CANARY_FRESH, GateState, OutageGate
 from proxyd.learning._stats import Histogram, MetricSources, NullStats, Stats, UpstreamHealth
 from proxyd.learning._table import (
     DIRECT,
@@ -36,6 +37,7 @@ from proxyd.learning._table import (
 )
 
 __all__ = [
+    "CANARY_FRESH",
     "DIRECT",
     "FORMATS",
     "LOCAL_NETWORKS",
@@ -46,11 +48,13 @@ __all__ = [
     "DomainList",
     "DomainState",
     "Fingerprints",
+    "GateState",
     "Histogram",
     "LearningTable",
     "ListError",
     "MetricSources",
     "NullStats",
+    "OutageGate",
     "Reason",
     "Source",
     "State",

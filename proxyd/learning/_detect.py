@@ -84,6 +84,7 @@ class Reason(StrEnum):
     UPSTREAM_UNAVAILABLE = "upstream_unavailable"
     ONION_SERVICE_FAILED = "onion_service_failed"
     MIRROR_FAILED = "mirror_failed"  # about the mirror, never evidence about the site
+    DESYNC_REJECTED = "desync_rejected"  # the server refused a reshaped hello: not censorship
     FORBIDDEN = "forbidden"
     GENERIC_FAILURE = "generic_failure"
 

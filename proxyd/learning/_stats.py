@@ -31,6 +31,9 @@ route was chosen):
     server's first answer byte.
   - ``detection(reason)``: evidence of blocking (a ``detect.Reason`` value).
   - ``retest_done(result)``: an out-of-band re-test ended ("ok" or "blocked").
+  - ``outage_check(result)``: the outage gate settled ("censorship": a canary or a direct
+    success said the network works; "outage": the canary failed too; "no_canary":
+    paused with none to ask).
   - ``state_saved(ok)``, ``config_reloaded(ok)``.
 - ``NullStats()``: the same interface for ``metrics = false``; the per-connection and
   per-request methods do nothing (the rare housekeeping ones still count, health
@@ -136,6 +139,7 @@ class Stats:
     first_byte_latency: defaultdict[str, Histogram] = field(default_factory=_histograms)
     detections: defaultdict[str, int] = field(default_factory=_counts)
     retests: defaultdict[str, int] = field(default_factory=_counts)
+    outage_checks: defaultdict[str, int] = field(default_factory=_counts)
     limit_hits: defaultdict[str, int] = field(default_factory=_counts)
     state_saves: int = 0
     state_save_failures: int = 0
@@ -201,6 +205,9 @@ class Stats:
 
     def retest_done(self, result: str) -> None:
         self.retests[result] += 1
+
+    def outage_check(self, result: str) -> None:
+        self.outage_checks[result] += 1
 
     def state_saved(self, ok: bool) -> None:
         self.state_saves += 1

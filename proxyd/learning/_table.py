@@ -15,7 +15,8 @@ Public API:
   ``confirm_blocked(host, reason, working_route, now) -> DomainState | None``;
   ``due_retests(now)``, ``record_retest(key, ok, now)``, ``next_timer(now)``;
   ``force(key, route, now)``, ``forget(key)``, ``adopt_list_entry(host, route, now)``;
-  ``is_paused(now)``, ``snapshot()``, ``to_json()``, ``from_json(data)``, ``generation``.
+  ``is_paused(now)``, ``gate_state``, ``canary_wanted()``, ``canary_answered(ok, now)``,
+  ``snapshot()``, ``to_json()``, ``from_json(data)``, ``generation``.
 - ``StateFormatError``: the saved table has an unknown schema version or a malformed
   entry; the caller quarantines the file (``proxyd.routing._statefile.quarantine_state``).
 
@@ -28,20 +29,26 @@ The rules:
   ``confirm_blocked``. Strong reasons block at once; weak ones only once
   ``weak_threshold`` weak direct failures of the domain fell within ``weak_window``.
 - Stalls (the "16 KB freeze") cannot be rescued on their own connection, and every
-  frozen connection did get its first byte (a direct success), so they are counted apart
-  from other failures: ``weak_threshold`` stalls of a domain within ``weak_window`` make it
-  suspected for ``STALL_SUSPECT_FOR``, and routing then sends its next tunnels through an
-  upstream as the control; one that carries more server data than a freeze allows
-  confirms the block (``confirm_blocked`` with ``Reason.STALL_AFTER_DATA``).
+  frozen connection did get its first byte (a direct success), so they are kept apart
+  from other failures. One stall makes the domain suspected for ``STALL_SUSPECT_FOR``
+  (the caller has already checked that the server stopped acknowledging, so an idle
+  keep-alive connection the browser dropped never gets here); routing then sends its next
+  tunnels through an upstream as the control, and one that carries more server data
+  than a freeze allows confirms the block (``confirm_blocked`` with
+  ``Reason.STALL_AFTER_DATA``). A suspicion no control confirms lapses.
 - Per-host exceptions: if another host of the same registrable domain succeeded direct
   recently (remembered in memory only, not persisted: that would be a browsing log), only
   the failing host is blocked; a whole-domain block would send working hosts through an
   upstream for a day. Otherwise the whole registrable domain is blocked, since censors
   mostly list domains and the next subdomain would just fail again.
-- Network-down gate: outage-like direct failures (timeouts, resets, unreachable, DNS
-  errors; ``Reason.is_outage_symptom``) on ``network_down_domains`` distinct domains
-  within ``network_down_window`` with no direct success in between pause learning until
-  the next direct success, and withdraw the entries learned from those failures.
+- Network-down gate (``OutageGate``): outage-like direct failures (timeouts, resets,
+  unreachable, DNS errors; ``Reason.is_outage_symptom``) on ``network_down_domains``
+  distinct domains within ``network_down_window`` with no direct success in between ask
+  a canary first (``canary_wanted``; the caller probes it and calls ``canary_answered``).
+  Confirmations arriving meanwhile are held, not lost. A canary that answers means
+  censorship: the held confirmations are learned. One that fails, or none known, pauses
+  learning until the next direct success and withdraws the entries learned from those
+  failures.
 - Re-tests: a blocked entry is re-tested direct after ``retest_initial`` (±10 %); each
   failure doubles the interval up to ``retest_max``; ``retest_successes`` consecutive
   successes move it back to direct (the entry is dropped, or kept as learned "direct"
@@ -63,6 +70,7 @@ from typing import Any
 from proxyd.errors import ProxydError
 from proxyd.learning._detect import Reason, Strength
 from proxyd.learning._domains import is_local_destination, normalise_host, registrable_domain
+from proxyd.learning._outage import GateState, OutageGate
 
 DIRECT = "direct"
 SCHEMA_VERSION = 1
@@ -127,6 +135,7 @@ class LearningTable:
         weak_window: float = 60.0,
         network_down_domains: int = 5,
         network_down_window: float = 10.0,
+        canaries: tuple[str, ...] = (),
         rng: random.Random | None = None,
     ) -> None:
         self._retest_initial = retest_initial
@@ -140,9 +149,12 @@ class LearningTable:
         self._entries: dict[str, DomainState] = {}
         self._recent_failures: OrderedDict[str, deque[Evidence]] = OrderedDict()
         self._direct_ok_hosts: OrderedDict[str, deque[str]] = OrderedDict()
-        self._outage_failures: dict[str, float] = {}
+        self._gate = OutageGate(
+            domains=network_down_domains, window=network_down_window, canaries=canaries
+        )
+        self._canary_asked = False
+        self._held: list[tuple[str, Reason, str, float]] = []  # while a canary is asked
         self._stalls: OrderedDict[str, deque[float]] = OrderedDict()
-        self._paused = False
         self.generation = 0
 
     # --- queries ---------------------------------------------------------------------
@@ -158,17 +170,28 @@ class LearningTable:
 
     def is_paused(self, now: float) -> bool:
         """Whether the network-down gate holds learning (until the next direct success)."""
-        return self._paused
+        return self._gate.state is GateState.PAUSED
+
+    @property
+    def gate_state(self) -> GateState:
+        return self._gate.state
+
+    @property
+    def canary(self) -> str | None:
+        """The host the gate asks (checking) or that failed too (paused)."""
+        return self._gate.canary
+
+    def canary_wanted(self) -> str | None:
+        """The canary to probe direct, once per check; None when no check waits for one."""
+        if self._gate.state is not GateState.CHECKING or self._canary_asked:
+            return None
+        self._canary_asked = True
+        return self._gate.canary
 
     def stall_suspected(self, host: str, now: float) -> bool:
-        """Whether direct tunnels to ``host``'s domain froze often enough, recently enough."""
+        """Whether a direct tunnel to ``host``'s domain froze recently enough."""
         stalls = self._stalls.get(registrable_domain(host))
-        return (
-            stalls is not None
-            and len(stalls) >= self._weak_threshold
-            and stalls[-1] - stalls[0] <= self._weak_window
-            and now - stalls[-1] <= STALL_SUSPECT_FOR
-        )
+        return stalls is not None and len(stalls) > 0 and now - stalls[-1] <= STALL_SUSPECT_FOR
 
     def snapshot(self) -> list[DomainState]:
         return sorted(self._entries.values(), key=lambda entry: entry.key)
@@ -184,10 +207,10 @@ class LearningTable:
 
     # --- observations ----------------------------------------------------------------
 
-    def record_direct_success(self, host: str, now: float) -> None:
+    def record_direct_success(self, host: str, now: float) -> list[DomainState]:
+        """Returns the entries learned from confirmations a canary check held."""
         name, domain = normalise_host(host), registrable_domain(host)
-        self._paused = False
-        self._outage_failures.clear()
+        held = self._gate.direct_worked(name, domain, now) is GateState.CHECKING
         # A success between two weak failures means a flaky path, not a filter.
         self._recent_failures.pop(domain, None)
         hosts = self._direct_ok_hosts.pop(domain, deque(maxlen=_SIBLINGS_KEPT))
@@ -195,6 +218,18 @@ class LearningTable:
             hosts.append(name)
         self._direct_ok_hosts[domain] = hosts
         _trim(self._direct_ok_hosts)
+        return self._release_held() if held else []
+
+    def canary_answered(self, ok: bool, now: float) -> list[DomainState]:
+        """The canary's answer; returns the entries learned from the held confirmations
+        (the canary worked: censorship), none when it failed (the network is down)."""
+        if self._gate.state is not GateState.CHECKING:
+            return []
+        if self._gate.canary_answered(ok, now) is GateState.OPEN:
+            return self._release_held()
+        self._held.clear()
+        self._withdraw(now)
+        return []
 
     def record_failure(self, host: str, route: str, reason: Reason, now: float) -> None:
         if is_local_destination(host):
@@ -216,10 +251,10 @@ class LearningTable:
 
     def record_stall(self, host: str, now: float) -> bool:
         """A direct tunnel to ``host`` froze after some data; True if that makes it suspected."""
-        if self._paused or is_local_destination(host):
+        if self.is_paused(now) or is_local_destination(host):
             return False
         domain = registrable_domain(host)
-        stalls = self._stalls.pop(domain, deque(maxlen=self._weak_threshold))
+        stalls = self._stalls.pop(domain, deque(maxlen=EVIDENCE_KEPT))
         stalls.append(now)
         self._stalls[domain] = stalls
         _trim(self._stalls)
@@ -234,7 +269,10 @@ class LearningTable:
         a local destination, a reason that is not evidence, too little weak evidence,
         or an entry forced by the user.
         """
-        if self._paused or reason.strength is Strength.NONE or is_local_destination(host):
+        if self.is_paused(now) or reason.strength is Strength.NONE or is_local_destination(host):
+            return None
+        if self._gate.state is GateState.CHECKING:
+            self._held.append((host, reason, working_route, now))
             return None
         name, domain = normalise_host(host), registrable_domain(host)
         if reason is Reason.STALL_AFTER_DATA:
@@ -387,12 +425,17 @@ class LearningTable:
     # --- internals -------------------------------------------------------------------
 
     def _note_outage_symptom(self, domain: str, now: float) -> None:
+        before = self._gate.state
+        after = self._gate.symptom(domain, now)
+        if after is GateState.CHECKING and before is not GateState.CHECKING:
+            self._canary_asked = False
+        if after is GateState.PAUSED and before is not GateState.PAUSED:
+            self._withdraw(now)
+
+    def _withdraw(self, now: float) -> None:
+        """The network is down: take back what its failures taught."""
+        failing = self._gate.failing_domains
         horizon = now - self._network_down_window
-        self._outage_failures = {d: t for d, t in self._outage_failures.items() if t >= horizon}
-        self._outage_failures[domain] = now
-        if self._paused or len(self._outage_failures) < self._network_down_domains:
-            return
-        self._paused = True
         # The entries learned in the window were most likely the first victims of the
         # same outage: take them back rather than route working sites through upstreams.
         for entry in list(self._entries.values()):
@@ -400,11 +443,20 @@ class LearningTable:
                 entry.source is Source.LEARNED
                 and entry.state is State.BLOCKED
                 and entry.since >= horizon
-                and registrable_domain(entry.key) in self._outage_failures
+                and registrable_domain(entry.key) in failing
             ):
                 self._remove(entry.key)
-        for failed_domain in self._outage_failures:
+        for failed_domain in failing:
             self._recent_failures.pop(failed_domain, None)
+
+    def _release_held(self) -> list[DomainState]:
+        held, self._held = self._held, []
+        learned = []
+        for host, reason, route, at in held:
+            entry = self.confirm_blocked(host, reason, route, at)
+            if entry is not None:
+                learned.append(entry)
+        return learned
 
     def _direct_entry(self, key: str, probe_host: str, source: Source, now: float) -> DomainState:
         return DomainState(

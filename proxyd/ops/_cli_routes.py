@@ -34,6 +34,7 @@ from typing import Any
 from proxyd.config import Config, ConfigError, load_config
 from proxyd.learning import SCHEMA_VERSION, LearningTable, StateFormatError
 from proxyd.outbound import DirectDialer, UpstreamSet
+from proxyd.protocol import desync
 from proxyd.routing import (
     STATE_FILE,
     LearnedRoutes,
@@ -166,7 +167,8 @@ def _offline(config: Config, args: argparse.Namespace) -> None:
         )
         return
     if args.action == "set":
-        routes = {"direct", "desync", *(u.name for u in config.upstreams)}
+        desync_routes = {"desync", *(s.route for s in desync.Strategy)}
+        routes = {"direct", *desync_routes, *(u.name for u in config.upstreams)}
         if args.route not in routes:
             raise CommandFailed(f"route must be one of {', '.join(sorted(routes))}")
         entry = table.force(args.domain, args.route, time.time())
@@ -196,6 +198,8 @@ def _print_explanation(explained: dict[str, Any], as_json: bool) -> None:
         return
     routes = ", ".join(explained["routes"]) or "refused"
     print(f"{explained['host']}:{explained['port']} -> {routes}\n  {explained['why']}")
+    if explained.get("gate"):
+        print(f"  {explained['gate']}")
 
 
 def routes_command(argv: Sequence[str]) -> int:

@@ -165,6 +165,13 @@ class ProxydCollector:
             ["result"],
             s.retests.items(),
         )
+        yield _counter(
+            "proxyd_outage_checks",
+            "Outage gate decisions: censorship (the canary or a direct success answered), "
+            "outage (the canary failed too), no_canary (paused with none to ask)",
+            ["result"],
+            s.outage_checks.items(),
+        )
         yield CounterMetricFamily("proxyd_state_saves", "State file writes", value=s.state_saves)
         yield CounterMetricFamily(
             "proxyd_state_save_failures",

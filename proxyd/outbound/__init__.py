@@ -2,7 +2,7 @@
 health, the origin connection pool and the race of tentative attempts.
 """
 
-from proxyd.outbound._desync import ROUTE, DesyncDialer, send_first
+from proxyd.outbound._desync import ROUTE, DesyncDialer, is_desync, send_first
 from proxyd.outbound._dialers import Address, Connection, Dialer, DirectDialer, forbid_endpoints
 from proxyd.outbound._origin_link import OriginLink, detach
 from proxyd.outbound._pool import OriginPool, PoolKey
@@ -35,6 +35,7 @@ __all__ = [
     "detach",
     "dial_in_leg",
     "forbid_endpoints",
+    "is_desync",
     "isolation_scope",
     "run_race",
     "send_first",

@@ -1,14 +1,18 @@
-"""Desync: reach a DPI-filtered site directly by cutting the bytes the filter matches on.
+"""Desync: reach a DPI-filtered site directly by reshaping the bytes the filter matches on.
 
-Many filters inspect one packet at a time (so does iptables' ``-m string``): a TLS
-ClientHello whose server_name is split across two TCP segments, or an HTTP request whose
-Host value is, slips past them, while the server reassembles the stream as usual. The
-``desync`` route is the direct route plus that split, tried after direct and before any
-upstream when ``learning.desync`` is on: when it works, a blocked site stays on the fast,
-private direct path instead of going through Tor (DESIGN §4, "the cheapest route that
-worked"). Filters that reassemble the stream are not fooled; the upstreams remain behind.
+Many filters inspect one packet at a time (so does iptables' ``-m string``), others
+reassemble TCP but parse only the first TLS record. The ``desync:<strategy>`` routes are
+the direct route with the client's first bytes reshaped by a sans-IO strategy
+(``proxyd.protocol.desync``: a TCP split inside the name, the ClientHello re-framed as
+two TLS records, both, the Host header's name in mixed case), while the server sees a
+valid stream. They are tried after direct and before any upstream, cheapest first, and
+only once direct failed on its first packet (``needs_direct_evidence``): a timeout or a
+poisoned name is not something reshaping can get past. When one works, a blocked site
+stays on the fast, private direct path instead of going through Tor (DESIGN §4, "the
+cheapest route that worked"). Filters that reassemble everything are not fooled; the
+upstreams remain behind.
 
-``split_point`` is sans-IO; ``send_first`` is the one place the split reaches a socket.
+``send_first`` is the one place a strategy's chunks reach a socket.
 """
 
 from __future__ import annotations
@@ -20,49 +24,37 @@ import socket
 import struct
 
 from proxyd.outbound._dialers import Connection, DirectDialer
-from proxyd.protocol import HANDSHAKE, sni_from_client_hello
+from proxyd.protocol import desync
 
-ROUTE = "desync"
+# The route name rules and old state files use for the TCP split.
+ROUTE = desync.LEGACY_ROUTE
 # Linux: bytes in the send queue not yet sent (linux/sockios.h).
 _SIOCOUTQNSD = 0x894B
-# How long to wait for the first part to leave as its own segment before sending the rest.
+# How long to wait for a chunk to leave as its own segment before sending the next.
 _FLUSH_POLLS = 20
 _FLUSH_POLL_SECONDS = 0.001
 
 
-def split_point(data: bytes) -> int | None:
-    """Where to cut ``data`` so no segment holds the whole destination name; None when
-    ``data`` names no host (nothing a filter could match on)."""
-    if data[:1] == bytes([HANDSHAKE]):
-        name = sni_from_client_hello(data)
-        start = data.find(name.encode("ascii")) if name else -1
-        return start + max(1, len(name) // 2) if name and start >= 0 else None
-    lower = data[:8192].lower()
-    at = lower.find(b"\r\nhost:")
-    if at < 0:
-        return None
-    start = at + len(b"\r\nhost:")
-    end = lower.find(b"\r\n", start)
-    value = lower[start : end if end >= 0 else len(lower)].strip()
-    if not value:
-        return None
-    return lower.index(value, start) + max(1, len(value) // 2)
+def is_desync(route: str) -> bool:
+    return desync.strategy_of(route) is not None
 
 
 async def send_first(loop: asyncio.AbstractEventLoop, conn: Connection, data: bytes) -> None:
-    """Send a client's first bytes (or a request head) on ``conn``, split for desync."""
-    cut = split_point(data) if conn.route == ROUTE else None
-    if cut is None:
+    """Send a client's first bytes (or a request head) on ``conn``, reshaped for desync."""
+    strategy = desync.strategy_of(conn.route)
+    parts = desync.chunks(strategy, data) if strategy is not None else None
+    if parts is None:
         await loop.sock_sendall(conn.sock, data)
         return
-    await loop.sock_sendall(conn.sock, data[:cut])
-    # TCP_NODELAY sends the first part at once unless the window holds it back; while it
-    # is still queued, the kernel would append the rest to the same segment.
-    for _ in range(_FLUSH_POLLS):
-        if _unsent(conn.sock) == 0:
-            break
-        await asyncio.sleep(_FLUSH_POLL_SECONDS)
-    await loop.sock_sendall(conn.sock, data[cut:])
+    for index, part in enumerate(parts):
+        if index:
+            # TCP_NODELAY sends the previous chunk at once unless the window holds it
+            # back; while it is still queued, the kernel would append this one to it.
+            for _ in range(_FLUSH_POLLS):
+                if _unsent(conn.sock) == 0:
+                    break
+                await asyncio.sleep(_FLUSH_POLL_SECONDS)
+        await loop.sock_sendall(conn.sock, part)
 
 
 def _unsent(sock: socket.socket) -> int:
@@ -73,12 +65,15 @@ def _unsent(sock: socket.socket) -> int:
 
 
 class DesyncDialer:
-    """The direct route under another name, so learning can tell them apart."""
+    """The direct route under a strategy's name, so learning can tell them apart."""
 
-    name = ROUTE
+    # The race starts this route only once direct failed on its first packet.
+    needs_direct_evidence = True
 
-    def __init__(self, direct: DirectDialer) -> None:
+    def __init__(self, direct: DirectDialer, strategy: desync.Strategy) -> None:
         self._direct = direct
+        self.strategy = strategy
+        self.name = strategy.route
 
     async def dial(
         self,
@@ -90,5 +85,5 @@ class DesyncDialer:
         isolation: str | None = None,
     ) -> Connection:
         conn = await self._direct.dial(host, port, timeout=timeout, client_ip=client_ip)
-        conn.route = ROUTE
+        conn.route = self.name
         return conn

@@ -6,6 +6,11 @@ next starts when the running ones failed, or when ``race_after`` passed with no 
 succeed wins and the others are cancelled. A direct leg that is still dialing when it
 loses is left to finish in the background: its outcome is evidence (a blackholed
 address only shows itself as a connect timeout), handed to ``on_lingering_dial``.
+
+A route with ``needs_direct_evidence`` (the desync ladder) waits, in a plan that has a
+direct route, for direct's verdict: it starts only once direct failed on its first
+packet (``RESHAPING_HELPS``), and is dropped when direct failed any other way. Routes
+behind it (the upstreams) do not wait for it.
 """
 
 from __future__ import annotations
@@ -17,10 +22,17 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from proxyd.errors import DialError
-from proxyd.learning import Reason
+from proxyd.learning import Reason, Strength
 from proxyd.outbound._dialers import Connection, Dialer
 
 T = TypeVar("T")
+
+DIRECT = "direct"
+# Direct failures that reshaping the first bytes may get past: a filter reacted to them.
+# A poisoned name, a timeout or a refusal say nothing of the kind.
+RESHAPING_HELPS = frozenset(reason for reason in Reason if reason.strength is Strength.STRONG) - {
+    Reason.DNS_POISON
+}
 
 
 class AttemptFailed(Exception):
@@ -84,12 +96,24 @@ async def run_race(
     result: RaceResult[T] = RaceResult()
     progress = asyncio.Event()
     legs: dict[asyncio.Task[T], Leg] = {}
-    next_index = 0
+    waiting = list(routes)
+    gated = any(route.name == DIRECT for route in routes)
+
+    def next_route() -> Dialer | None:
+        verdict = _direct_verdict(result) if gated else True
+        if verdict is False:
+            waiting[:] = [r for r in waiting if not getattr(r, "needs_direct_evidence", False)]
+        for route in waiting:
+            if verdict is None and getattr(route, "needs_direct_evidence", False):
+                continue  # until direct's verdict
+            return route
+        return None
 
     def start_next() -> None:
-        nonlocal next_index
-        leg = Leg(routes[next_index], progress)
-        next_index += 1
+        route = next_route()
+        assert route is not None
+        waiting.remove(route)
+        leg = Leg(route, progress)
         legs[asyncio.ensure_future(attempt(leg))] = leg
 
     start_next()
@@ -97,7 +121,7 @@ async def run_race(
     try:
         while legs:
             progress.clear()
-            can_start = next_index < len(routes) and race_after is not None and may_race()
+            can_start = next_route() is not None and race_after is not None and may_race()
             waiter = asyncio.ensure_future(progress.wait())
             try:
                 done, _ = await asyncio.wait(
@@ -111,6 +135,7 @@ async def run_race(
             if not done and can_start:
                 start_next()  # silence for race_after: race the next route
                 continue
+            unblocked = False
             for task in finished:
                 leg = legs.pop(task)
                 exc = task.exception()
@@ -121,12 +146,21 @@ async def run_race(
                 if not isinstance(exc, AttemptFailed):
                     raise exc
                 result.failures.append(Failure(leg.route.name, exc.reason, exc.error, exc.answer))
-            if finished and not legs and next_index < len(routes):
+                unblocked = unblocked or (gated and leg.route.name == DIRECT)
+            if finished and (not legs or unblocked) and next_route() is not None:
                 start_next()
         won_or_exhausted = True
         return result
     finally:
         await _settle(legs, result, discard, keep_direct_dials=won_or_exhausted)
+
+
+def _direct_verdict(result: RaceResult[T]) -> bool | None:
+    """Did direct fail on its first packet? None while it has not failed."""
+    for failure in result.failures:
+        if failure.route == DIRECT:
+            return failure.reason in RESHAPING_HELPS
+    return None
 
 
 async def _settle(

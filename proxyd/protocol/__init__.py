@@ -5,6 +5,7 @@ server handshake, the client handshakes proxyd speaks to upstreams, and the TLS
 ClientHello reader (``tls_hello``).
 """
 
+from proxyd.protocol import _desync as desync
 from proxyd.protocol import _fasthead as fasthead
 from proxyd.protocol import _http1 as http1
 from proxyd.protocol import _http1_encode as http1_encode
@@ -43,6 +44,7 @@ __all__ = [
     "Socks5Handshake",
     "SocksHandshake",
     "Target",
+    "desync",
     "fasthead",
     "http1",
     "http1_encode",

@@ -12,21 +12,25 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
 from proxyd.config import LearningConfig
+from proxyd.errors import ConnectionRefused, DialError
 from proxyd.learning import (
     DIRECT,
     DnsPoisonDetector,
     DomainState,
     Fingerprints,
+    GateState,
     LearningTable,
     Reason,
     StateFormatError,
     Stats,
     Strength,
     classify_first_response,
+    registrable_domain,
 )
 from proxyd.outbound import DirectDialer, spawn
 from proxyd.routing._retest_probes import probe_http, probe_tls, probe_tls_transfer
@@ -46,6 +50,11 @@ STATE_FILE = "routes.json"
 INITIAL_RTT = 0.25
 RACE_RTTS = 4.0
 RACE_CEILING = 2.0
+# A frozen server's ACKs are dropped with its data; a live one acknowledges in one RTT.
+FIN_ACK_RTTS = 6.0
+FIN_ACK_MIN = 0.3
+FIN_ACK_MAX = 2.0
+DESYNC_BROKEN_KEPT = 4096
 
 
 class LearnedRoutes:
@@ -73,6 +82,9 @@ class LearnedRoutes:
         self._retest_wakeup = asyncio.Event()
         self._in_flight: set[str] = set()
         self._srtt = INITIAL_RTT
+        self._direct: DirectDialer | None = None  # for canaries; set by start_retests
+        self._gate_note: str | None = None
+        self._desync_broken: OrderedDict[str, frozenset[str]] = OrderedDict()
         self.save_failed: str | None = None
         self.on_saved: Callable[[bool], None] | None = None  # told every save's outcome
 
@@ -107,35 +119,121 @@ class LearnedRoutes:
         return self.table.lookup(host, self.now)
 
     def direct_worked(self, host: str) -> None:
-        if self.table.is_paused(self.now):
+        gate = self.table.gate_state
+        if gate is GateState.PAUSED:
             log.warning("learning resumed: %s works direct, the network is back", host)
-        self.table.record_direct_success(host, self.now)
+            self._gate_note = f"learning resumed at {_utc(self.now)}: {host} worked direct"
+        released = self.table.record_direct_success(host, self.now)
+        if gate is GateState.CHECKING:
+            self._check_settled(True, f"{host} worked direct meanwhile", released)
 
     def direct_failed(self, host: str, reason: Reason) -> None:
         if reason.strength is not Strength.NONE:
             self.stats.detection(reason)
-        was_paused = self.table.is_paused(self.now)
+        before = self.table.gate_state
         self.table.record_failure(host, DIRECT, reason, self.now)
-        if not was_paused and self.table.is_paused(self.now):
+        after = self.table.gate_state
+        if after is GateState.PAUSED and before is not GateState.PAUSED:
+            self.stats.outage_check("no_canary")
+            self._gate_note = (
+                f"learning paused at {_utc(self.now)}: many unrelated domains failed direct "
+                "at once and no canary was known"
+            )
             log.warning(
                 "learning paused: direct connections to many unrelated domains fail at once "
-                "(latest %s: %s); the network looks down, not censored",
+                "(latest %s: %s) and no canary is known; the network looks down, not censored",
                 host,
                 reason,
+            )
+        canary = self.table.canary_wanted()
+        if canary is not None:
+            self._gate_note = f"outage check since {_utc(self.now)}: asking the canary {canary}"
+            log.info(
+                "outage check: direct connections to many unrelated domains fail at once "
+                "(latest %s: %s); asking the canary %s direct before pausing learning",
+                host,
+                reason,
+                canary,
+            )
+            spawn(self._ask_canary(canary))
+        self._changed()
+
+    async def _ask_canary(self, canary: str) -> None:
+        """Probe ``canary`` direct: any answer from its far end (even a refusal) means the
+        uplink works, so the failures were censorship."""
+        ok = False
+        if self._direct is not None:
+            try:
+                conn = await self._direct.dial(canary, 443, timeout=self._connect_timeout)
+            except ConnectionRefused:
+                ok = True
+            except DialError:
+                ok = False
+            else:
+                conn.sock.close()
+                ok = True
+        if self.table.gate_state is not GateState.CHECKING:
+            return  # a direct success settled it meanwhile
+        released = self.table.canary_answered(ok, self.now)
+        self._check_settled(
+            ok, f"the canary {canary} {'answered' if ok else 'failed too'}", released
+        )
+
+    def _check_settled(self, ok: bool, how: str, released: list[DomainState]) -> None:
+        self.stats.outage_check("censorship" if ok else "outage")
+        verdict = "the failures were censorship, learning went on" if ok else "learning paused"
+        self._gate_note = f"outage check at {_utc(self.now)}: {how}; {verdict}"
+        if ok:
+            log.warning(
+                "outage check: %s; the failures are censorship, learning goes on "
+                "(%d held confirmations learned)",
+                how,
+                len(released),
+            )
+            for entry in released:
+                self._log_learned(entry)
+        else:
+            log.warning(
+                "learning paused: %s; the network looks down, not censored (outage check)", how
             )
         self._changed()
 
     def direct_stalled(self, host: str, server_bytes: int) -> None:
-        """A direct tunnel to ``host`` froze after ``server_bytes`` (``detect.is_stall``)."""
+        """A direct tunnel to ``host`` froze after ``server_bytes`` (``detect.is_stall``)
+        and the server never acknowledged our FIN (``firstvisit._freeze``)."""
         self.stats.detection(Reason.STALL_AFTER_DATA)
-        log.debug("direct tunnel to %s stalled after %d bytes", host, server_bytes)
         if self.table.record_stall(host, self.now):
             log.info(
-                "%s: direct tunnels froze after some data %d times; the next ones go through "
-                "the upstreams to confirm the block",
+                "%s: a direct tunnel froze after %d bytes of server data; the next ones go "
+                "through the upstreams to confirm the block",
                 host,
-                self.config.weak_threshold,
+                server_bytes,
             )
+
+    @property
+    def fin_ack_wait(self) -> float:
+        """How long a healthy server may take to acknowledge our FIN: a few round trips."""
+        return min(max(FIN_ACK_RTTS * self._srtt, FIN_ACK_MIN), FIN_ACK_MAX)
+
+    def desync_broken(self, host: str) -> frozenset[str]:
+        """Desync routes that broke the handshake with ``host``'s domain (in memory)."""
+        return self._desync_broken.get(registrable_domain(host), frozenset())
+
+    def mark_desync_broken(self, host: str, route: str) -> None:
+        """The breakage guard: ``route`` got a TLS alert or an HTTP 400 right away."""
+        domain = registrable_domain(host)
+        broken = self._desync_broken.pop(domain, frozenset()) | {route}
+        self._desync_broken[domain] = broken
+        while len(self._desync_broken) > DESYNC_BROKEN_KEPT:
+            self._desync_broken.popitem(last=False)
+        self.stats.detection(Reason.DESYNC_REJECTED)
+        log.info("%s: %s broke the handshake; not tried there again", domain, route)
+
+    def gate_summary(self) -> str | None:
+        """What the outage gate last did, for ``proxyd why``; None if it never acted."""
+        if self._gate_note is None:
+            return None
+        return f"learning {self.table.gate_state.value}; {self._gate_note}"
 
     def stall_suspected(self, host: str) -> bool:
         return self.table.stall_suspected(host, self.now)
@@ -144,9 +242,15 @@ class LearnedRoutes:
         """The control rule: ``working_route`` succeeded for the request direct failed."""
         entry = self.table.confirm_blocked(host, reason, working_route, self.now)
         if entry is not None:
-            log.info("learned %s blocked: %s on direct; %s works", entry.key, reason, working_route)
+            self._log_learned(entry)
             self._changed()
+        elif self.table.gate_state is GateState.CHECKING:
+            log.debug("%s: confirmation held until the outage check answers", host)
         return entry
+
+    def _log_learned(self, entry: DomainState) -> None:
+        reason = entry.evidence[-1].reason if entry.evidence else "listed"
+        log.info("learned %s blocked: %s on direct; %s works", entry.key, reason, entry.route)
 
     def adopt_list_entry(self, host: str, route: str) -> DomainState | None:
         entry = self.table.adopt_list_entry(host, route, self.now)
@@ -263,6 +367,7 @@ class LearnedRoutes:
     # -- re-tests -----------------------------------------------------------------------
 
     def start_retests(self, direct: DirectDialer) -> None:
+        self._direct = direct
         self._retest_task = asyncio.ensure_future(self._retest_loop(direct))
 
     async def _retest_loop(self, direct: DirectDialer) -> None:
@@ -313,4 +418,9 @@ def _table_for(config: LearningConfig) -> LearningTable:
         retest_successes=config.retest_successes,
         weak_threshold=config.weak_threshold,
         weak_window=config.weak_window,
+        canaries=config.canaries,
     )
+
+
+def _utc(timestamp: float) -> str:
+    return time.strftime("%H:%M:%S UTC", time.gmtime(timestamp))

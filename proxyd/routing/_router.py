@@ -33,6 +33,7 @@ from proxyd.learning import (
     registrable_domain,
 )
 from proxyd.outbound import DesyncDialer, Dialer, DirectDialer
+from proxyd.protocol import desync
 
 if TYPE_CHECKING:
     from proxyd.config import MirrorConfig
@@ -113,7 +114,7 @@ class Router:
     ) -> None:
         self.config = config
         self.direct = direct
-        self.desync = DesyncDialer(direct)
+        self.desync = {s.route: DesyncDialer(direct, s) for s in desync.Strategy}
         self.upstreams = upstreams
         self.learned = learned
         self.mirrors = mirrors
@@ -148,8 +149,9 @@ class Router:
             raise Forbidden(host, port, f"rejected by {why}")
         if route == DIRECT:
             return RoutePlan((self.direct,), f"{why} -> direct")
-        if route == self.desync.name:
-            return RoutePlan((self.desync,), f"{why} -> {route}")
+        strategy = desync.strategy_of(route)
+        if strategy is not None:
+            return RoutePlan((self.desync[strategy.route],), f"{why} -> {strategy.route}")
         upstream = self.upstreams.get(route)
         if upstream is None:
             raise self.upstreams.unavailable_error(host, port)
@@ -192,7 +194,7 @@ class Router:
             return (
                 plan if always is None else self._mirror_first(host, port, always, plain_http, plan)
             )
-        desync = (self.desync,) if learned.config.desync else ()
+        desync = self._ladder(host, port, plain_http) if learned.config.desync else ()
         fallbacks = desync + upstreams
         if always is not None:
             plan = RoutePlan(
@@ -231,8 +233,10 @@ class Router:
         the domain's mirror, if any, before them."""
         upstreams: tuple[Dialer, ...] = tuple(self.upstreams.dialers())
         preferred: Dialer | None = None
-        if preferred_name == self.desync.name:
-            preferred = self.desync
+        strategy = desync.strategy_of(preferred_name or "")
+        if strategy is not None:
+            preferred = self.desync[strategy.route]
+            why += f"; {strategy.route} = {desync.DESCRIPTIONS[strategy]}"
         elif preferred_name:
             preferred = self.upstreams.get(preferred_name)
         ordered = ((preferred,) if preferred is not None else ()) + tuple(
@@ -244,6 +248,13 @@ class Router:
         if not ordered:
             raise UpstreamUnavailable(host, port, "blocked, and no upstream is configured")
         return plan
+
+    def _ladder(self, host: str, port: int, plain_http: bool) -> tuple[Dialer, ...]:
+        """The desync strategies worth trying for this destination, cheapest first,
+        less those that broke the handshake with this domain."""
+        ladder = desync.HTTP_LADDER if plain_http or port == 80 else desync.TLS_LADDER
+        broken = self.learned.desync_broken(host) if self.learned is not None else frozenset()
+        return tuple(self.desync[s.route] for s in ladder if s.route not in broken)
 
     def _listed(self, host: str) -> tuple[str | None, str] | None:
         """(the list's route, why) for the first imported list naming ``host``."""
@@ -298,13 +309,17 @@ class Router:
             plan = self.plan(host, port)
         except DialError as err:
             return {"host": host, "port": port, "routes": [], "why": err.describe()}
-        return {
+        explained: dict[str, object] = {
             "host": host,
             "port": port,
             "routes": [r.name for r in plan.routes],
             "why": plan.why,
             "learning": plan.learn,
         }
+        gate = self.learned.gate_summary() if self.learned is not None else None
+        if gate is not None:
+            explained["gate"] = gate
+        return explained
 
 
 def _describe(rule: RuleConfig) -> str:

@@ -11,6 +11,8 @@
 - ``redirect_http(name)``: DNAT the site's port 80 to the 302 responder.
 - ``freeze(name)``: let each HTTPS connection of the site carry ``FREEZE_AFTER`` bytes
   from the server, then drop the rest, FIN included (conntrack's byte counter).
+- ``dpi(name, kind)``: DNAT the site's port 443 to the ISP's DPI relay of that kind
+  (``Censorship.DPI_FIRST_RECORD`` or ``DPI_REASSEMBLE``, servers/dpi.py).
 - ``unblock(target)``: lift everything applied to ``target``;
   ``apply(wanted)`` / ``restore_defaults()`` bring the rule set to a given state.
 - Counters (ints, packets since the rule was added): ``hits(target)`` for the censor's
@@ -34,7 +36,9 @@ from lab_netns import LabError, Netns
 from lab_sites import (
     BLOCK_PAGE_IP,
     CLIENT_IP,
+    DPI_PORTS,
     FREEZE_AFTER,
+    ISP_CLIENT_SIDE,
     REDIRECT_IP,
     SITES,
     Censorship,
@@ -153,6 +157,11 @@ class Censor:
         match += ("--connbytes-mode", "bytes")
         self._add(Censorship.FREEZE, name, "filter", "censor", match, ["-j", "DROP"])
 
+    def dpi(self, name: str, kind: Censorship) -> None:
+        match = ("-p", "tcp", "-d", _address_of(name), "--dport", "443")
+        jump = ["-j", "DNAT", "--to-destination", f"{ISP_CLIENT_SIDE}:{DPI_PORTS[kind]}"]
+        self._add(kind, name, "nat", "censor-nat", match, jump)
+
     def poison_dns(self, name: str, address: str = BLOCK_PAGE_IP) -> None:
         # The resolver does the poisoning; this rule only counts the queries it answers.
         match: tuple[str, ...] = ("-s", CLIENT_IP, "-p", "udp", "--dport", "53")
@@ -201,6 +210,8 @@ class Censor:
             Censorship.DNS_POISON: self.poison_dns,
             Censorship.REDIRECT: self.redirect_http,
             Censorship.FREEZE: self.freeze,
+            Censorship.DPI_FIRST_RECORD: lambda name: self.dpi(name, kind),
+            Censorship.DPI_REASSEMBLE: lambda name: self.dpi(name, kind),
         }[kind](key)
 
     def _add(

@@ -44,6 +44,11 @@ class Censorship(enum.Enum):
     DNS_POISON = "dns"  # the ISP resolver answers with the block-page address
     REDIRECT = "redirect"  # port 80 DNATed to a responder sending 302 to the block page
     FREEZE = "freeze"  # HTTPS from the site dropped for good after FREEZE_AFTER bytes
+    # HTTPS DNATed to a userspace DPI relay (servers/dpi.py) that reassembles TCP and
+    # resets a ClientHello naming the site: parsing only the first TLS record, or joining
+    # handshake fragments across records too.
+    DPI_FIRST_RECORD = "dpi1"
+    DPI_REASSEMBLE = "dpi2"
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,7 @@ class Site:
     down: bool = False  # nothing answers, not even through the SOCKS server
     slow: bool = False  # the origin answers only after SLOW_DELAY
     mirror: bool = False  # serves the lab's mirror site (httpd.py --mirror), not an origin
+    nginx: bool = False  # served by nginx (answers ``nginx HOST PATH``), not httpd.py
     listening: bool = True  # False: the address is up, every connection is refused
 
     @property
@@ -93,7 +99,16 @@ SITES: tuple[Site, ...] = (
     Site("mirror.example", "198.18.2.21"),
     Site("gone-mirror.example", "198.18.2.22", listening=False),
     Site("freeze.example", "198.18.2.23", (Censorship.FREEZE,)),
+    # More SNI-blocked domains, for a burst of unrelated blocked sites (a news page).
+    Site("video.example", "198.18.2.24", (Censorship.SNI,)),
+    Site("chat.example", "198.18.2.25", (Censorship.SNI,)),
+    Site("dpi.example", "198.18.2.26", (Censorship.DPI_FIRST_RECORD,)),
+    Site("dpi-full.example", "198.18.2.27", (Censorship.DPI_REASSEMBLE,)),
+    Site("nginx.example", "198.18.2.28", (Censorship.SNI, Censorship.HOST_HEADER), nginx=True),
 )
+# Where the ISP's DPI relays listen (on ISP_CLIENT_SIDE), one per kind.
+DPI_PORTS = {Censorship.DPI_FIRST_RECORD: 9443, Censorship.DPI_REASSEMBLE: 9444}
+DPI_MODES = {Censorship.DPI_FIRST_RECORD: "first-record", Censorship.DPI_REASSEMBLE: "reassemble"}
 
 
 def site_named(name: str) -> Site:

@@ -20,7 +20,10 @@
   ``lab.wait_for_origin(host=, path=, peer_ip=, since=, timeout=)``;
   ``lab.isp_page_log()`` for requests the block page and the 302 responder answered.
 - ``lab.censor``: see lab_censor.py (block/unblock primitives and counters).
-- ``lab.reset()``: default censorship back, first SOCKS server up, extra ones stopped.
+- ``lab.cut_uplink()`` / ``lab.restore_uplink()``: the ISP's link to the internet
+  namespace goes down (its routes with it: the ISP answers "network unreachable") / up.
+- ``lab.reset()``: default censorship back, uplink up, first SOCKS server up, extra ones
+  stopped.
 
 Names are ``pxd<pid>n<seq>{c,r,i}``; ``close()`` stops only this lab's processes (by PID)
 and deletes only its namespaces and files.
@@ -62,6 +65,8 @@ from lab_sites import (
     BLOCK_PAGE_HOST,
     BLOCK_PAGE_IP,
     CLIENT_IP,
+    DPI_MODES,
+    DPI_PORTS,
     INTERNET_IP,
     ISP_CLIENT_SIDE,
     ISP_INTERNET_SIDE,
@@ -75,6 +80,7 @@ from lab_sites import (
 )
 
 _HTTPD = Path(__file__).resolve().parent / "servers" / "httpd.py"
+_DPI = Path(__file__).resolve().parent / "servers" / "dpi.py"
 _NO_IPV6 = ("net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
 _LOCALHOST = "127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n"
 
@@ -178,11 +184,17 @@ class NetLab:
         self._write_resolver_files()
         self._make_certificates()
         origin, pages = self._start_http_servers()
+        self._start_dpi_relays()
+        nginx = self._start_nginx()
         self.resolver.start()
         self.socks.start()
         self.censor.install()
         self.censor.restore_defaults()
-        served = [site.address for site in SITES if not site.down and site.listening]
+        served = [
+            site.address for site in SITES if not site.down and site.listening and not site.nginx
+        ]
+        nginx_served = [site.address for site in SITES if site.nginx]
+        wait_listening(nginx, "tcp", [(a, p) for a in nginx_served for p in (80, 443)])
         wait_listening(origin, "tcp", [(a, p) for a in served for p in (80, 443)])
         wait_listening(pages, "tcp", [(BLOCK_PAGE_IP, 80), (REDIRECT_IP, 80)])
 
@@ -202,7 +214,8 @@ class NetLab:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
     def reset(self) -> None:
-        """Undo what a test changed: censorship, SOCKS servers started or stopped."""
+        """Undo what a test changed: censorship, the uplink, SOCKS servers."""
+        self.restore_uplink()
         self.censor.restore_defaults()
         for socks in self._extra_socks:
             socks.stop()
@@ -240,6 +253,12 @@ class NetLab:
             "--dump-dom",
             url,
         ]
+
+    def cut_uplink(self) -> None:
+        _ip_batch(self.isp, "link set to-internet down")
+
+    def restore_uplink(self) -> None:
+        _ip_batch(self.isp, "link set to-internet up")
 
     def start_socks(self, address: str | None = None, port: int = SOCKS_PORT) -> SocksServer:
         """Another SOCKS5 server, on a spare address unless one is given."""
@@ -373,7 +392,7 @@ class NetLab:
         for site in SITES:
             if site.slow:
                 origin_argv += ["--slow", site.address]
-            if site.down or not site.listening:
+            if site.down or not site.listening or site.nginx:
                 continue
             origin_argv += ["--mirror" if site.mirror else "--origin", site.address]
         pages_argv = [*python, "--log", str(self.workdir / "isp-pages.log")]
@@ -384,6 +403,44 @@ class NetLab:
             self._servers.append(server)
             server.start()
         return origin, pages
+
+    def _start_nginx(self) -> LabProcess:
+        """nginx for the sites marked so: a real-world TLS stack for desync to satisfy."""
+        listen = "".join(
+            f"listen {site.address}:80; listen {site.address}:443 ssl; "
+            for site in SITES
+            if site.nginx
+        )
+        pem = self.workdir / "server.pem"
+        conf = self.workdir / "nginx.conf"
+        conf.write_text(
+            f"pid {self.workdir}/nginx.pid; error_log {self.workdir}/nginx.err;\n"
+            "events { worker_connections 64; }\n"
+            "http { access_log off; server { "
+            f"{listen} ssl_certificate {pem}; ssl_certificate_key {pem}; "
+            'location / { default_type text/plain; return 200 "nginx $host $request_uri\\n"; }'
+            " } }\n"
+        )
+        argv = [tool("nginx"), "-c", str(conf), "-p", str(self.workdir), "-g", "daemon off;"]
+        nginx = LabProcess("nginx", self.internet, argv, self.workdir / "nginx.out")
+        self._servers.append(nginx)
+        nginx.start()
+        return nginx
+
+    def _start_dpi_relays(self) -> None:
+        for site in SITES:
+            for kind in site.censorship:
+                if kind not in DPI_PORTS:
+                    continue
+                port = DPI_PORTS[kind]
+                argv = [sys.executable, str(_DPI), "--listen", f"{ISP_CLIENT_SIDE}:{port}"]
+                argv += ["--upstream", f"{site.address}:443", "--block", site.name]
+                argv += ["--mode", DPI_MODES[kind]]
+                log = self.workdir / f"dpi-{port}.out"
+                relay = LabProcess(f"dpi {DPI_MODES[kind]}", self.isp, argv, log)
+                self._servers.append(relay)
+                relay.start()
+                wait_listening(relay, "tcp", [(ISP_CLIENT_SIDE, port)])
 
 
 def _ip_batch(netns: Netns, *commands: str) -> None:

@@ -1,7 +1,8 @@
 """A real proxyd inside the lab's client namespace, and curl through it.
 
 - ``proxyd_config(upstreams, *, race_after=, retest_initial=, retest_max=,
-  health_interval=, stall_after=) -> str``: the TOML of issue 3's acceptance runs; ``upstreams`` are
+  health_interval=, stall_after=, desync=) -> str``: the TOML of issue 3's acceptance
+  runs; ``upstreams`` are
   ``(name, url)`` pairs in priority order; ``**NO_RETEST_SOON`` for tests that count
   the censor's packets.
 - ``ProxydLauncher(lab, tmp_path)`` (the ``launch_proxyd`` fixture):
@@ -66,7 +67,10 @@ def proxyd_config(
     retest_max: str = "4s",
     health_interval: str = "500ms",
     stall_after: str = "8s",
+    desync: bool | None = False,
 ) -> str:
+    """``desync``: False for the tests of upstream fallbacks (SNI-blocked sites would
+    otherwise be learned with a desync route), None for proxyd's default (on)."""
     tables = [
         f'[[upstream]]\nname = "{name}"\nurl = "{url}"\nhealth_interval = "{health_interval}"\n'
         for name, url in upstreams
@@ -75,6 +79,7 @@ def proxyd_config(
         [
             *tables,
             "[learning]",
+            *([] if desync is None else [f"desync = {str(desync).lower()}"]),
             f'race_after = "{race_after}"',
             'first_byte_timeout = "3s"',
             f'stall_after = "{stall_after}"',

@@ -239,6 +239,13 @@ ERRORS = [
         "learning.blockpage_fingerprints[0]",
         "invalid regex",
     ),
+    (
+        '[learning]\ncanaries = ["ok.example", "bad host"]\n',
+        2,
+        "learning.canaries[1]",
+        "not a valid host name",
+    ),
+    ('[learning]\ncanaries = "ok.example"\n', 2, "learning.canaries", "expected an array"),
     ('[[rule]]\nregex = "a[b"\nroute = "direct"\n', 2, "rule[0].regex", "invalid regex"),
     ('[[rule]]\ncidr = "1.2.3.0/8"\nroute = "direct"\n', 2, "rule[0].cidr", "did you mean"),
     ('[[rule]]\nport = 0\nroute = "direct"\n', 2, "rule[0].port", "out of range (1-65535)"),

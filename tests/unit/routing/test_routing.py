@@ -37,7 +37,8 @@ def router_for(toml: str, tmp_path: Path) -> Router:
 
 
 def route_names(router: Router, host: str, port: int = 443) -> list[str]:
-    return [r.name for r in router.plan(host, port).routes]
+    """The plan's routes less the desync ladder (tests/unit/outbound/test_desync.py)."""
+    return [r.name for r in router.plan(host, port).routes if not r.name.startswith("desync:")]
 
 
 RULES = (
@@ -141,13 +142,25 @@ def test_unknown_host_goes_direct_first_with_upstreams_as_transparent_fallback(
     tmp_path: Path,
 ) -> None:
     plan = router_for(UPSTREAMS, tmp_path).plan("new.example", 443)
-    assert [r.name for r in plan.routes] == ["direct", "tor", "office"]
+    assert [r.name for r in plan.routes][::4] == ["direct", "tor"]  # the desync ladder between
+    assert plan.routes[-1].name == "office"
     assert plan.learn
     assert "unknown" in plan.why
 
 
-def test_without_upstreams_unknown_hosts_go_direct_and_nothing_is_learned(tmp_path: Path) -> None:
+def test_without_upstreams_unknown_hosts_go_direct_then_desync_or_learn_nothing(
+    tmp_path: Path,
+) -> None:
     plan = router_for("upstream = []\n", tmp_path).plan("new.example", 443)
+    assert [r.name for r in plan.routes] == [
+        "direct",
+        "desync:tlsrec",
+        "desync:split",
+        "desync:both",
+    ]
+    assert plan.learn  # the ladder is a way around a block even with no upstream
+    off = router_for("upstream = []\n[learning]\ndesync = false\n", tmp_path)
+    plan = off.plan("new.example", 443)
     assert [r.name for r in plan.routes] == ["direct"]
     assert not plan.learn
 
