@@ -184,7 +184,8 @@ class Exchange:
         answer = (origin, key, resp, rbuf)
         learned = rt.learned
         if self.plan.learn and learned is not None:
-            reason = learned.classify(self.head, raw_head + bytes(rbuf[:CLASSIFY_BODY]))
+            answer_bytes = raw_head + bytes(rbuf[:CLASSIFY_BODY])
+            reason = learned.classify(self.head, answer_bytes, host=req.host, conn=origin)
             if reason is not None:
                 raise AttemptFailed(reason, answer=answer)
         return answer

@@ -4,6 +4,8 @@ health, the origin connection pool and the race of tentative attempts.
 
 from proxyd.outbound._desync import ROUTE, DesyncDialer, send_first
 from proxyd.outbound._dialers import Address, Connection, Dialer, DirectDialer, forbid_endpoints
+from proxyd.outbound._doh_direct import ROUTE as DOH_ROUTE
+from proxyd.outbound._doh_direct import HonestDirectDialer
 from proxyd.outbound._pool import OriginPool, PoolKey
 from proxyd.outbound._race import (
     AttemptFailed,
@@ -18,6 +20,7 @@ from proxyd.outbound._upstream_set import UpstreamSet
 from proxyd.outbound._upstreams import isolation_scope
 
 __all__ = [
+    "DOH_ROUTE",
     "ROUTE",
     "Address",
     "AttemptFailed",
@@ -25,6 +28,7 @@ __all__ = [
     "DesyncDialer",
     "Dialer",
     "DirectDialer",
+    "HonestDirectDialer",
     "Leg",
     "OriginPool",
     "PoolKey",
