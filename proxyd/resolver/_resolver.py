@@ -154,16 +154,18 @@ class Resolver:
 
     async def honest(self, host: str) -> tuple[str, ...]:
         """IPv4 then IPv6 addresses of ``host`` from the honest source."""
-        v4, v6 = await asyncio.gather(
-            self.lookup(host, A), self.lookup(host, AAAA), return_exceptions=True
-        )
-        addresses = (() if isinstance(v4, BaseException) else v4[0]) + (
-            () if isinstance(v6, BaseException) else v6[0]
-        )
+        # In turn, not together: a provider's connection carries one query at a time
+        # anyway, and AAAA then starts with what A found out about dead providers.
+        addresses: tuple[str, ...] = ()
+        error: DnsLookupError | None = None
+        for qtype in (A, AAAA):
+            try:
+                addresses += (await self.lookup(host, qtype))[0]
+            except DnsLookupError as exc:
+                error = exc
         if addresses:
             return addresses
-        error = v4 if isinstance(v4, BaseException) else v6
-        if isinstance(error, DnsLookupError):
+        if error is not None:
             raise error
         raise DnsLookupError(host, 0, f"the DoH providers know no address for {host}")
 
@@ -196,11 +198,17 @@ class Resolver:
     async def _ask_providers(self, name: str, qtype: int) -> tuple[tuple[str, ...], float]:
         if not self.providers:
             raise DnsLookupError(name, 0, "no DoH provider is configured")
-        now = self._clock()
-        # Providers that failed lately go last: still asked when nothing else answers.
-        ordered = sorted(self.providers, key=lambda p: self._down_until.get(p.name, 0.0) > now)
         errors = []
-        for provider in ordered:
+        untried = list(self.providers)
+        while untried:
+            # Providers that failed lately go last, still asked when nothing else answers.
+            # Chosen afresh each time: a concurrent query (A beside AAAA) may just have
+            # found one down, and must not make this one wait out the same timeout.
+            now = self._clock()
+            provider = next(
+                (p for p in untried if self._down_until.get(p.name, 0.0) <= now), untried[0]
+            )
+            untried.remove(provider)
             try:
                 answer = await provider.query(name, qtype, self.config.timeout)
             except DohError as exc:
