@@ -61,11 +61,15 @@ class Resolver:
     ) -> None:
         self.config = config
         self._clock = clock
-        self._tls = tls if tls is not None else ssl.create_default_context()
         connectors = connectors or {}
+        # Loading the system's CA store costs memory: only with a provider to verify.
+        if tls is None and config.doh:
+            tls = ssl.create_default_context()
+        self._tls = tls
         self.providers = [
-            DohProvider(p, None if p.via == "direct" else connectors.get(p.via), self._tls)
+            DohProvider(p, None if p.via == "direct" else connectors.get(p.via), tls)
             for p in config.doh
+            if tls is not None
         ]
         self.cache = AnswerCache(
             min_ttl=config.cache_min_ttl, max_ttl=config.cache_max_ttl, size=config.cache_size
@@ -81,6 +85,8 @@ class Resolver:
         self.resolutions: Counter[tuple[str, str]] = Counter()  # (source, result)
         self.detections: Counter[str] = Counter()  # signal label
         self.cache_hits = 0
+        self.system_answers = 0  # plain ints: judge_system_answer runs on every direct dial
+        self.system_suspect = 0
 
     @property
     def has_honest_source(self) -> bool:
@@ -93,6 +99,7 @@ class Resolver:
     # -- the system's answer ------------------------------------------------------------
 
     def judge_system_answer(self, host: str, addresses: tuple[str, ...]) -> Signal | None:
+        self.system_answers += 1
         signal = (
             in_poison_set(addresses, self._poison)
             or bogon_for_public_name(host, addresses, self._bogons)
@@ -109,6 +116,7 @@ class Resolver:
             )
         )
         if signal is not None:
+            self.system_suspect += 1
             self.detections[signal.value] += 1
             self._suspect(host, signal, addresses)
         return signal

@@ -85,3 +85,23 @@ def test_resolver_shared_address_needs_block_evidence_of_other_domains() -> None
     resolver.note_unreachable("a.example", ("198.18.7.7",))
     resolver.note_unreachable("b.example", ("198.18.7.7",))
     assert resolver.judge_system_answer("c.example", ("198.18.7.7",)) is Signal.SHARED_ADDRESS
+
+
+def test_dns_metrics_carry_signals_and_sources_never_names() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from proxyd.learning import Stats
+    from proxyd.ops._admin_context import AdminContext
+    from proxyd.ops._metrics import ProxydCollector
+
+    resolver = Resolver(DnsConfig(poison_addresses=("198.18.9.9",)))
+    resolver.judge_system_answer("secret-site.example", ("198.18.9.9",))
+    resolver.judge_system_answer("open.example", ("198.18.2.10",))
+    context = AdminContext(stats=Stats(), proxy_addresses=list, resolver=lambda: resolver)
+    registry = CollectorRegistry()
+    registry.register(ProxydCollector(context))
+    text = generate_latest(registry).decode()
+    assert 'proxyd_dns_poison_detections_total{signal="poison_set"} 1.0' in text
+    assert 'proxyd_dns_resolutions_total{result="answered",source="system"} 2.0' in text
+    assert "proxyd_dns_cache_hits_total 0.0" in text
+    assert "secret-site" not in text and "open.example" not in text
