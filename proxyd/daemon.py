@@ -21,7 +21,7 @@ log = logging.getLogger("proxyd")
 # Descriptors one spliced tunnel holds: client and server sockets and a pipe each way.
 FDS_PER_TUNNEL = 6
 # Keys a reload cannot apply: they are bound or opened once, at start.
-RESTART_KEYS = ("admin", "state_dir", "metrics")
+RESTART_KEYS = ("admin", "state_dir", "metrics", "dns_listen")
 # Without a watchdog, how often systemd's one-line STATUS is refreshed when it changed.
 STATUS_REFRESH = 10.0
 
@@ -100,6 +100,7 @@ class Daemon:
         _prepare_state_dir(self.learned.path.parent)
         self.learned.load()
         self.server.start([s.socket for s in proxy_sockets] or None)
+        await self.server.start_dns_listener()
         self.learned.start_retests(self.server.direct)
         health = asyncio.ensure_future(self.server.rt.upstreams.run_health_checks())
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -8,6 +8,7 @@ from proxyd.access import AccessPolicy
 from proxyd.config import Config
 from proxyd.learning import Stats
 from proxyd.outbound import OriginPool, UpstreamSet
+from proxyd.resolver import Resolver
 from proxyd.routing import LearnedRoutes, Router
 
 
@@ -21,3 +22,4 @@ class Runtime:
     learned: LearnedRoutes | None
     stats: Stats = field(default_factory=Stats)
     draining: bool = False
+    resolver: Resolver | None = None

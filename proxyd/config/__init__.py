@@ -5,6 +5,8 @@
 from proxyd.config._config import (
     Config,
     ConfigError,
+    DnsConfig,
+    DohProviderConfig,
     LearningConfig,
     ListenAddress,
     MirrorConfig,
@@ -17,6 +19,8 @@ from proxyd.config._config import (
 __all__ = [
     "Config",
     "ConfigError",
+    "DnsConfig",
+    "DohProviderConfig",
     "LearningConfig",
     "ListenAddress",
     "MirrorConfig",

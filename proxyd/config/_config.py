@@ -54,6 +54,8 @@ from proxyd.config._lines import KeyLines
 from proxyd.config._schema import (
     AuthConfig,
     Config,
+    DnsConfig,
+    DohProviderConfig,
     LearningConfig,
     Limits,
     ListenAddress,
@@ -69,6 +71,8 @@ __all__ = [
     "AuthConfig",
     "Config",
     "ConfigError",
+    "DnsConfig",
+    "DohProviderConfig",
     "LearningConfig",
     "Limits",
     "ListenAddress",
@@ -148,12 +152,16 @@ def _anchor_list_paths(raw: Mapping[str, Any], base: Path) -> None:
     for table in tables if isinstance(tables, list) else []:
         if isinstance(table, dict) and isinstance(table.get("path"), str) and table["path"]:
             table["path"] = str(base / table["path"])
+    dns = raw.get("dns")
+    if isinstance(dns, dict) and isinstance(dns.get("poison_csv"), str) and dns["poison_csv"]:
+        dns["poison_csv"] = str(base / dns["poison_csv"])
 
 
 def _build(raw: Mapping[str, Any]) -> Config:
     config = read_config(raw)
     _check_listeners(config, raw)
     _check_route_names(config)
+    _check_dns(config)
     if config.learning.retest_max < config.learning.retest_initial:
         blame = "retest_max" if "retest_max" in raw.get("learning", {}) else "retest_initial"
         raise SchemaError(("learning", blame), "retest_max is shorter than retest_initial")
@@ -213,6 +221,23 @@ def _check_route_names(config: Config) -> None:
             raise SchemaError(
                 ("list", index, "route"),
                 f"no upstream or mirror named {block_list.route!r} (known: {', '.join(seen)})",
+            )
+
+
+def _check_dns(config: Config) -> None:
+    upstreams = {upstream.name for upstream in config.upstreams}
+    for index, provider in enumerate(config.dns.doh):
+        if provider.via != "direct" and provider.via not in upstreams:
+            known = ", ".join(["direct", *upstreams])
+            raise SchemaError(
+                ("dns", "doh", index, "via"), f"no upstream named {provider.via!r} (known: {known})"
+            )
+    for index, address in enumerate(config.dns_listen):
+        if not config.allow and not address.is_loopback:
+            # An open resolver on a public address joins reflection attacks within hours.
+            raise SchemaError(
+                ("dns_listen", index),
+                f"refusing to answer DNS on {address} for anyone: set allow = [...] too",
             )
 
 
@@ -316,12 +341,39 @@ def _to_toml_data(config: Config) -> dict[str, Any]:
             }
             for mirror in config.mirrors
         ],
+        "dns": _dns_data(config),
+        "dns_listen": [str(address) for address in config.dns_listen],
         "list": [
             {"path": str(block_list.path), "format": block_list.format}
             | ({} if block_list.route is None else {"route": block_list.route})
             for block_list in config.lists
         ],
     }
+
+
+def _dns_data(config: Config) -> dict[str, Any]:
+    dns = config.dns
+    data: dict[str, Any] = {
+        "doh": [
+            {
+                "name": provider.name,
+                "url": provider.url,
+                "bootstrap": list(provider.bootstrap),
+                "via": provider.via,
+            }
+            for provider in dns.doh
+        ],
+        "timeout": format_duration(dns.timeout),
+        "cache_min_ttl": format_duration(dns.cache_min_ttl),
+        "cache_max_ttl": format_duration(dns.cache_max_ttl),
+        "cache_size": dns.cache_size,
+        "poison_addresses": list(dns.poison_addresses),
+        "poison_csv": "" if dns.poison_csv is None else str(dns.poison_csv),
+        "shared_address_threshold": dns.shared_address_threshold,
+    }
+    if dns.bogon_networks is not None:
+        data["bogon_networks"] = [str(network) for network in dns.bogon_networks]
+    return data
 
 
 def _plain_fields(section: AuthConfig | Limits | LearningConfig | RuleConfig) -> dict[str, Any]:

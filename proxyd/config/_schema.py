@@ -189,6 +189,37 @@ class ListConfig:
     domains: DomainList = field(compare=False, repr=False)  # read when the config is
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DohProviderConfig:
+    """One DNS-over-HTTPS provider (RFC 8484). ``bootstrap``: its addresses, so that
+    reaching it never asks the (possibly poisoned) system resolver; ``via``: "direct" or
+    an upstream that carries the connection when the provider itself is blocked."""
+
+    name: str
+    url: str  # https://host[:port]/path, as written
+    host: str
+    port: int
+    path: str
+    bootstrap: tuple[str, ...]  # IP literals; the host itself when it is one
+    via: str = "direct"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DnsConfig:
+    """``[dns]``: the honest source, its cache and the poisoning detectors."""
+
+    doh: tuple[DohProviderConfig, ...] = ()  # in order; empty: no direct+doh route
+    timeout: float = 2.0  # one DoH query, before the next provider is asked
+    cache_min_ttl: float = 60.0
+    cache_max_ttl: float = 3600.0
+    cache_size: int = 4096
+    poison_addresses: tuple[str, ...] = ()  # answers that are always forged
+    poison_csv: Path | None = None  # OONI's fingerprints_dns.csv, read at load
+    poison_from_csv: tuple[str, ...] = field(default=(), compare=False, repr=False)
+    bogon_networks: tuple[Network, ...] | None = None  # None: the built-in ranges
+    shared_address_threshold: int = 3  # blocked names behind one address
+
+
 TOR_UPSTREAM = UpstreamConfig.from_url("tor", "socks5h://127.0.0.1:9050", tor=True)
 
 
@@ -213,6 +244,8 @@ class Config:
     rules: tuple[RuleConfig, ...] = ()  # first match wins
     mirrors: tuple[MirrorConfig, ...] = ()
     lists: tuple[ListConfig, ...] = ()  # imported block lists, priors for learning
+    dns: DnsConfig = DnsConfig()
+    dns_listen: tuple[ListenAddress, ...] = ()  # the LAN DNS listener (UDP and TCP)
 
     def upstream(self, name: str) -> UpstreamConfig:
         for upstream in self.upstreams:

@@ -11,18 +11,23 @@ from ``raw`` keep the dataclass defaults.
 from __future__ import annotations
 
 import contextlib
+import csv
+import dataclasses
 import difflib
 import ipaddress
 import re
 from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from proxyd.config._durations import parse_duration, parse_size
 from proxyd.config._schema import (
     SOCKS_SCHEMES,
     AuthConfig,
     Config,
+    DnsConfig,
+    DohProviderConfig,
     LearningConfig,
     Limits,
     ListConfig,
@@ -278,6 +283,20 @@ def _users(value: object, path: KeyPath) -> tuple[tuple[str, str], ...]:
     return tuple(users)
 
 
+def ooni_dns_addresses(text: str) -> tuple[str, ...]:
+    """Forged answers from OONI's ``fingerprints_dns.csv`` (blocking-fingerprints): the
+    rows whose ``pattern_type`` is ``full`` and whose ``pattern`` is an address."""
+    rows = csv.DictReader(text.splitlines())
+    if rows.fieldnames is None or not {"pattern", "pattern_type"} <= set(rows.fieldnames):
+        raise ValueError("not OONI's DNS fingerprint CSV (needs pattern and pattern_type columns)")
+    found: list[str] = []
+    for row in rows:
+        pattern = (row.get("pattern") or "").strip()
+        if (row.get("pattern_type") or "").strip() == "full" and _is_ip(pattern):
+            found.append(str(ipaddress.ip_address(pattern)))
+    return tuple(dict.fromkeys(found))
+
+
 # --- tables ----------------------------------------------------------------------------
 
 
@@ -441,6 +460,97 @@ def _list(value: object, path: KeyPath) -> ListConfig:
     return ListConfig(path=file, format=fmt, route=route, domains=domains)
 
 
+def _ip(value: object, path: KeyPath) -> str:
+    text = _str(value, path)
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise SchemaError(path, f"{text!r} is not an IP address") from None
+
+
+def _doh(value: object, path: KeyPath) -> DohProviderConfig:
+    table = _table(value, path)
+    _check_keys(table, ("name", "url", "bootstrap", "via"), path)
+    url = _str(
+        _required(table, "url", path, 'e.g. "https://dns.example/dns-query"'), (*path, "url")
+    )
+    parts = urlsplit(url)
+    try:
+        port = parts.port or 443
+    except ValueError:
+        raise SchemaError((*path, "url"), f"{url!r} has an invalid port (1-65535)") from None
+    if parts.scheme != "https" or not parts.hostname or parts.query or parts.fragment:
+        raise SchemaError((*path, "url"), f"{url!r}: write https://host[:port]/path (RFC 8484)")
+    host = _host(parts.hostname, (*path, "url"))
+    bootstrap = _array(_ip)(table.get("bootstrap", []), (*path, "bootstrap"))
+    literal = _is_ip(host)
+    if not bootstrap and not literal:
+        # Asking the system resolver for the provider is asking the censor.
+        raise SchemaError(
+            (*path, "bootstrap"), f'{host} needs its addresses here, e.g. bootstrap = ["192.0.2.1"]'
+        )
+    via = table.get("via", "direct")
+    via = "direct" if via == "direct" else _route_name(via, (*path, "via"))
+    return DohProviderConfig(
+        name=_route_name(table.get("name", host), (*path, "name")),
+        url=url,
+        host=host,
+        port=port,
+        path=parts.path or "/dns-query",
+        bootstrap=bootstrap or (host,),
+        via=via,
+    )
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _csv_path(value: object, path: KeyPath) -> Path | None:
+    text = _str(value, path)
+    return Path(text) if text else None
+
+
+_DNS: dict[str, Reader] = {
+    "doh": _array(_doh),
+    "timeout": _POSITIVE,
+    "cache_min_ttl": _duration(positive=False),
+    "cache_max_ttl": _POSITIVE,
+    "cache_size": _count(1),
+    "poison_addresses": _array(_ip),
+    "poison_csv": _csv_path,
+    "bogon_networks": _array(_network),
+    "shared_address_threshold": _count(2),
+}
+
+
+def _dns(value: object, path: KeyPath) -> DnsConfig:
+    config: DnsConfig = _section(DnsConfig, _DNS)(value, path)
+    if config.cache_max_ttl < config.cache_min_ttl:
+        raise SchemaError((*path, "cache_max_ttl"), "cache_max_ttl is shorter than cache_min_ttl")
+    names = [provider.name for provider in config.doh]
+    for index, name in enumerate(names):
+        if name in names[:index]:
+            raise SchemaError((*path, "doh", index, "name"), f"duplicate DoH provider {name!r}")
+    if config.poison_csv is not None:
+        try:
+            text = config.poison_csv.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise SchemaError(
+                (*path, "poison_csv"), f"{config.poison_csv}: {exc.strerror}"
+            ) from None
+        try:
+            addresses = ooni_dns_addresses(text)
+        except ValueError as exc:
+            raise SchemaError((*path, "poison_csv"), f"{config.poison_csv}: {exc}") from None
+        config = dataclasses.replace(config, poison_from_csv=addresses)
+    return config
+
+
 # TOML key -> (Config field, reader)
 _TOP_LEVEL: dict[str, tuple[str, Reader]] = {
     "listen": ("listen", _array(_listen_address)),
@@ -460,6 +570,8 @@ _TOP_LEVEL: dict[str, tuple[str, Reader]] = {
     "rule": ("rules", _array(_rule)),
     "mirror": ("mirrors", _array(_mirror)),
     "list": ("lists", _array(_list)),
+    "dns": ("dns", _dns),
+    "dns_listen": ("dns_listen", _array(_listen_address)),
 }
 
 

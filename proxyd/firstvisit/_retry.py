@@ -19,6 +19,7 @@ from proxyd.dataplane import outcome_for
 from proxyd.errors import AnswerTimeout, ClientGone, DialError, MirrorError, UpstreamError
 from proxyd.learning import Reason, Strength, classify_dial_error
 from proxyd.outbound import (
+    DOH_ROUTE,
     AttemptFailed,
     Connection,
     Dialer,
@@ -124,7 +125,9 @@ class Outcome:
             learned.direct_worked(self.host)
             return
         if direct_failure is not None:
-            learned.confirm(self.host, direct_failure.reason, winner.name)
+            # The honest answer differed from the system's and worked: DNS was the block.
+            reason = Reason.DNS_POISON if winner.name == DOH_ROUTE else direct_failure.reason
+            learned.confirm(self.host, reason, winner.name)
         for leg in result.lingering:
             spawn(self._judge_lingering_direct(leg, winner.name))
 
@@ -291,7 +294,7 @@ class TunnelVisit:
                 self.rt.learned.mark_desync_broken(self.host, route)
             raise AttemptFailed(Reason.DESYNC_REJECTED)
         if first and self.rt.learned is not None:
-            reason = self.rt.learned.classify(first, answer)
+            reason = self.rt.learned.classify(first, answer, host=self.host, conn=conn)
             if reason is not None:
                 raise AttemptFailed(reason, answer=answer)
         self.first_byte_seconds = self.loop.time() - sent_at

@@ -199,7 +199,8 @@ class Exchange:
                 learned.mark_desync_broken(req.host, leg.route.name)
             raise AttemptFailed(Reason.DESYNC_REJECTED)
         if self.plan.learn and learned is not None:
-            reason = learned.classify(self.head, raw_head + bytes(rbuf[:CLASSIFY_BODY]))
+            answer_bytes = raw_head + bytes(rbuf[:CLASSIFY_BODY])
+            reason = learned.classify(self.head, answer_bytes, host=req.host, conn=origin)
             if reason is not None:
                 raise AttemptFailed(reason, answer=answer)
         return answer

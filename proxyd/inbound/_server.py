@@ -21,13 +21,21 @@ from dataclasses import dataclass
 from proxyd.access import AccessPolicy, AuthThrottle
 from proxyd.config import Config, ListenAddress
 from proxyd.dataplane import ClientProtocol, Handoff
-from proxyd.errors import DnsPoisoned
+from proxyd.errors import DialError, DnsPoisoned
 from proxyd.inbound._http import HttpClient, log_unexpected
 from proxyd.inbound._socks import serve_socks
 from proxyd.learning import Stats
 from proxyd.mirror import MirrorSet
-from proxyd.outbound import Address, DirectDialer, OriginPool, UpstreamSet, forbid_endpoints
+from proxyd.outbound import (
+    Address,
+    DirectDialer,
+    HonestDirectDialer,
+    OriginPool,
+    UpstreamSet,
+    forbid_endpoints,
+)
 from proxyd.protocol import http1_encode
+from proxyd.resolver import Connector, DnsListener, Resolver
 from proxyd.routing import LearnedRoutes, Router
 from proxyd.runtime import Runtime
 
@@ -94,24 +102,69 @@ class ProxyServer:
         self._own_endpoints: list[Address] = []
         self._loop_check = forbid_endpoints(lambda: self._own_endpoints)
         self.direct = DirectDialer(
-            self._destination_check, self._check_answer if learned is not None else None
+            self._destination_check,
+            self._check_answer if learned is not None else None,
+            self._note_unreachable,
         )
         upstreams = UpstreamSet(config.upstreams)
         self.mirrors = MirrorSet(config.mirrors)
+        self.resolver = self._resolver_for(config, upstreams)
+        self._resolver_inputs = (config.dns, config.learning.blockpage_networks)
+        self.dns_listener: DnsListener | None = None
+        if learned is not None:
+            learned.resolver = self.resolver
         self.rt = Runtime(
             config=config,
             access=self._access_for(config),
-            router=Router(config, self.direct, upstreams, learned, self.mirrors),
+            router=self._router_for(config, upstreams, learned),
             pool=OriginPool(),
             upstreams=upstreams,
             learned=learned,
             stats=stats if stats is not None else Stats(),
+            resolver=self.resolver,
         )
 
     def _check_answer(self, host: str, addresses: tuple[str, ...]) -> None:
-        learned = self.rt.learned
-        if learned is not None and learned.check_resolved(host, addresses) is not None:
-            raise DnsPoisoned(host, 0, f"the resolver's answer {', '.join(addresses)} looks forged")
+        signal = self.resolver.judge_system_answer(host, addresses)
+        if signal is not None:
+            raise DnsPoisoned(
+                host,
+                0,
+                f"the resolver's answer {', '.join(addresses)} looks forged ({signal.value})",
+            )
+
+    def _note_unreachable(self, host: str, addresses: tuple[str, ...]) -> None:
+        self.resolver.note_unreachable(host, addresses)
+
+    def _resolver_for(self, config: Config, upstreams: UpstreamSet) -> Resolver:
+        def via(name: str) -> Connector:
+            async def connect(host: str, port: int, timeout: float) -> socket.socket:
+                dialer = upstreams.get(name)
+                if dialer is None:
+                    raise OSError(f"no upstream named {name}")
+                try:
+                    return (await dialer.dial(host, port, timeout=timeout)).sock
+                except DialError as err:
+                    raise OSError(err.describe()) from None
+
+            return connect
+
+        return Resolver(
+            config.dns,
+            extra_bogons=config.learning.blockpage_networks,
+            connectors={upstream.name: via(upstream.name) for upstream in config.upstreams},
+        )
+
+    def _router_for(
+        self, config: Config, upstreams: UpstreamSet, learned: LearnedRoutes | None
+    ) -> Router:
+        honest = None
+        if self.resolver.has_honest_source:
+            honest = (
+                HonestDirectDialer(self.resolver, self._destination_check, gated=True),
+                HonestDirectDialer(self.resolver, self._destination_check, gated=False),
+            )
+        return Router(config, self.direct, upstreams, learned, self.mirrors, honest)
 
     def _access_for(self, config: Config) -> AccessPolicy:
         # One throttle across reloads: a reload must not forgive a password guesser.
@@ -199,14 +252,32 @@ class ProxyServer:
         self.rt.access = self._access_for(config)
         self.rt.upstreams.reconfigure(config.upstreams)
         self.mirrors.reconfigure(config.mirrors)
-        self.rt.router = Router(
-            config, self.direct, self.rt.upstreams, self.rt.learned, self.mirrors
-        )
+        if (config.dns, config.learning.blockpage_networks) != self._resolver_inputs:
+            self.resolver.close()
+            self.resolver = self._resolver_for(config, self.rt.upstreams)
+            self._resolver_inputs = (config.dns, config.learning.blockpage_networks)
+            if self.rt.learned is not None:
+                self.rt.learned.resolver = self.resolver
+            self.rt.resolver = self.resolver
+        self.rt.router = self._router_for(config, self.rt.upstreams, self.rt.learned)
         if self.rt.learned is not None:
             self.rt.learned.reconfigure(config.learning)
         self._refresh_endpoints()
 
+    async def start_dns_listener(self) -> None:
+        """The LAN DNS listener of ``dns_listen``, if any (a change needs a restart)."""
+        if not self.rt.config.dns_listen:
+            return
+        self.dns_listener = DnsListener(lambda: self.resolver, lambda: self.rt.access)
+        try:
+            await self.dns_listener.start(self.rt.config.dns_listen)
+        except OSError as exc:
+            self.dns_listener.close()
+            raise StartupError(f"cannot listen for DNS: {exc.strerror or exc}") from None
+
     def close_listeners(self) -> None:
+        if self.dns_listener is not None:
+            self.dns_listener.close()
         for addr in list(self._listeners):
             self._stop_listener(addr)
 
@@ -238,6 +309,7 @@ class ProxyServer:
         if self._sweeper is not None:
             self._sweeper.cancel()
         self.rt.pool.close()
+        self.resolver.close()
         await self.mirrors.close()
 
     @property

@@ -23,7 +23,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 from proxyd.access import AccessPolicy
 from proxyd.learning import DIRECT, DomainState, LearningTable, Stats, UpstreamHealth
 from proxyd.mirror import MirrorStatus
+from proxyd.outbound import DOH_ROUTE
 from proxyd.outbound import ROUTE as DESYNC
+from proxyd.resolver import Resolver
 
 if TYPE_CHECKING:
     from proxyd.inbound import ProxyServer
@@ -63,6 +65,7 @@ class AdminContext:
     token: Callable[[], str | None] = lambda: None
     clock: Callable[[], float] = time.time
     admin_addresses: list[Address] = field(default_factory=list)  # set by AdminServer
+    resolver: Callable[[], Resolver | None] = lambda: None  # replaced on reload: read live
 
     # -- stats.MetricSources --------------------------------------------------------------
 
@@ -104,7 +107,8 @@ def daemon_context(server: ProxyServer, learned: LearnedRoutes | None) -> AdminC
         learning=learned,
         upstream_status=lambda: rt.upstreams.status(),
         mirror_status=lambda: server.mirrors.status([u.name for u in rt.upstreams.dialers()]),
-        route_names=lambda: {DIRECT, DESYNC, *(u.name for u in rt.config.upstreams)},
+        route_names=lambda: {DIRECT, DESYNC, DOH_ROUTE, *(u.name for u in rt.config.upstreams)},
         explain=lambda host, port: rt.router.explain(host, port),
         token=lambda: rt.config.admin_token,
+        resolver=lambda: server.resolver,
     )

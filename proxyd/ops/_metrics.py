@@ -34,6 +34,8 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_late
 
 from proxyd import __version__
 from proxyd.learning import Histogram, MetricSources, Source, State
+from proxyd.ops._admin_context import AdminContext
+from proxyd.resolver import Resolver
 
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 
@@ -198,6 +200,10 @@ class ProxydCollector:
         )
         yield from self._learning(src)
         yield from self._upstreams(src)
+        if isinstance(src, AdminContext):
+            resolver = src.resolver()
+            if resolver is not None:
+                yield from _dns(resolver)
         yield from _tasks()
 
     @staticmethod
@@ -235,6 +241,36 @@ class ProxydCollector:
                 latency.add_metric([health.name], health.latency)
         yield up
         yield latency
+
+
+def _dns(resolver: Resolver) -> Iterable[Metric]:
+    resolutions = {
+        ("system", "answered"): resolver.system_answers,
+        ("system", "suspect"): resolver.system_suspect,
+    }
+    resolutions.update(resolver.resolutions)
+    yield _counter(
+        "proxyd_dns_resolutions",
+        "Name resolutions by source (system, doh) and result",
+        ["source", "result"],
+        resolutions.items(),
+    )
+    yield _counter(
+        "proxyd_dns_poison_detections",
+        "Forged-answer signals: poison_set, bogon, shared_address, block_page_address, "
+        "disagreement (the honest source differed after a failed connection)",
+        ["signal"],
+        resolver.detections.items(),
+    )
+    yield CounterMetricFamily(
+        "proxyd_dns_cache_hits", "Honest answers served from the cache", value=resolver.cache_hits
+    )
+    up = GaugeMetricFamily(
+        "proxyd_dns_provider_up", "1 unless the DoH provider failed lately", labels=["provider"]
+    )
+    for name, ok in sorted(resolver.provider_up().items()):
+        up.add_metric([name], int(ok))
+    yield up
 
 
 def _tasks() -> Iterable[Metric]:

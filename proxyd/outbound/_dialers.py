@@ -66,6 +66,9 @@ DestinationCheck = Callable[[str, str, int], None]
 AnswerCheck = Callable[[str, tuple[str, ...]], None]
 """``check(host, addresses)`` raises ``DnsPoisoned`` for a forged resolver answer."""
 
+UnreachableNote = Callable[[str, tuple[str, ...]], None]
+"""``note(host, addresses)``: no connection to the resolver's answer could be made."""
+
 
 def _no_check(client_ip: str, ip: str, port: int) -> None:
     return None
@@ -203,9 +206,11 @@ class DirectDialer:
         self,
         check_destination: DestinationCheck = _no_check,
         check_answer: AnswerCheck | None = None,
+        note_unreachable: UnreachableNote | None = None,
     ) -> None:
         self._check = check_destination
         self.check_answer = check_answer
+        self.note_unreachable = note_unreachable
 
     async def dial(
         self,
@@ -218,6 +223,7 @@ class DirectDialer:
     ) -> Connection:
         loop = asyncio.get_running_loop()
         started = loop.time()
+        addresses: list[tuple[int, Address]] = []
         try:
             async with asyncio.timeout(timeout):
                 addresses = await resolve(host, port)
@@ -227,7 +233,11 @@ class DirectDialer:
                     self.check_answer(host, tuple(ip for _f, (ip, _p) in addresses))
                 sock, peer = await happy_eyeballs(addresses, host, port)
         except TimeoutError:
+            self._unreachable(host, addresses)
             raise ConnectTimeout(host, port, f"no answer within {timeout:g}s") from None
+        except (ConnectionRefused, HostUnreachable, ConnectTimeout):
+            self._unreachable(host, addresses)
+            raise
         return Connection(
             sock=sock,
             route=self.name,
@@ -235,6 +245,10 @@ class DirectDialer:
             peer=peer,
             connect_seconds=loop.time() - started,
         )
+
+    def _unreachable(self, host: str, addresses: list[tuple[int, Address]]) -> None:
+        if self.note_unreachable is not None and addresses:
+            self.note_unreachable(host, tuple(ip for _f, (ip, _p) in addresses))
 
 
 def forbid_endpoints(endpoints: Callable[[], Sequence[Address]]) -> Callable[[str, int], None]:

@@ -32,7 +32,8 @@ from proxyd.learning import (
     classify_first_response,
     registrable_domain,
 )
-from proxyd.outbound import DirectDialer, spawn
+from proxyd.outbound import Connection, DirectDialer, spawn
+from proxyd.resolver import Resolver
 from proxyd.routing._retest_probes import probe_http, probe_tls, probe_tls_transfer
 from proxyd.routing._statefile import (
     SaveScheduler,
@@ -55,6 +56,7 @@ FIN_ACK_RTTS = 6.0
 FIN_ACK_MIN = 0.3
 FIN_ACK_MAX = 2.0
 DESYNC_BROKEN_KEPT = 4096
+_BLOCK_PAGES = frozenset({Reason.BLOCKPAGE_REDIRECT, Reason.BLOCKPAGE_FINGERPRINT, Reason.HTTP_451})
 
 
 class LearnedRoutes:
@@ -87,6 +89,7 @@ class LearnedRoutes:
         self._desync_broken: OrderedDict[str, frozenset[str]] = OrderedDict()
         self.save_failed: str | None = None
         self.on_saved: Callable[[bool], None] | None = None  # told every save's outcome
+        self.resolver: Resolver | None = None  # told which direct addresses served block pages
 
     # -- configuration -------------------------------------------------------------------
 
@@ -262,8 +265,26 @@ class LearnedRoutes:
         self._changed()
         return entry
 
-    def classify(self, client_bytes: bytes, server_bytes: bytes) -> Reason | None:
-        return classify_first_response(client_bytes, server_bytes, fingerprints=self.fingerprints)
+    def classify(
+        self,
+        client_bytes: bytes,
+        server_bytes: bytes,
+        *,
+        host: str = "",
+        conn: Connection | None = None,
+    ) -> Reason | None:
+        """``host`` and ``conn``: a block page served on a direct connection tells the
+        resolver which address served it (its answer may have been forged)."""
+        reason = classify_first_response(client_bytes, server_bytes, fingerprints=self.fingerprints)
+        if (
+            reason in _BLOCK_PAGES
+            and self.resolver is not None
+            and conn is not None
+            and conn.route == DIRECT
+            and conn.peer is not None
+        ):
+            self.resolver.note_block_page(host, conn.peer[0])
+        return reason
 
     def check_resolved(self, host: str, addresses: tuple[str, ...]) -> Reason | None:
         return self.poison.check(host, addresses, now=self.now)

@@ -32,7 +32,7 @@ from proxyd.learning import (
     parse_ip,
     registrable_domain,
 )
-from proxyd.outbound import DesyncDialer, Dialer, DirectDialer
+from proxyd.outbound import DOH_ROUTE, DesyncDialer, Dialer, DirectDialer
 from proxyd.protocol import desync
 
 if TYPE_CHECKING:
@@ -111,9 +111,14 @@ class Router:
         upstreams: UpstreamSet,
         learned: LearnedRoutes | None,
         mirrors: MirrorSet | None = None,
+        honest: tuple[Dialer, Dialer] | None = None,
     ) -> None:
+        """``honest``: route ``direct+doh`` as (first-visit gated form, learned form),
+        when a DoH provider is configured."""
         self.config = config
         self.direct = direct
+        self.honest_first: tuple[Dialer, ...] = () if honest is None else (honest[0],)
+        self.honest = None if honest is None else honest[1]
         self.desync = {s.route: DesyncDialer(direct, s) for s in desync.Strategy}
         self.upstreams = upstreams
         self.learned = learned
@@ -188,6 +193,8 @@ class Router:
         if entry is not None and entry.state is State.BLOCKED:
             evidence = ", ".join(sorted({e.reason.value for e in entry.evidence})) or entry.source
             why = f"{prefix}learned: {entry.key} blocked ({evidence}) since {_utc(entry.since)}"
+            if entry.route == DOH_ROUTE and self.honest is not None:
+                why += ": only its DNS is, so direct to the DoH answer, upstreams if that fails"
             return self._via_upstreams(host, port, entry.route, why, mirror, plain_http)
         if entry is not None:
             plan = RoutePlan((self.direct,), f"{prefix}learned: {entry.key} works direct")
@@ -195,7 +202,7 @@ class Router:
                 plan if always is None else self._mirror_first(host, port, always, plain_http, plan)
             )
         desync = self._ladder(host, port, plain_http) if learned.config.desync else ()
-        fallbacks = desync + upstreams
+        fallbacks = self.honest_first + desync + upstreams
         if always is not None:
             plan = RoutePlan(
                 (self.direct, *fallbacks),
@@ -207,7 +214,7 @@ class Router:
         if mirror is not None and plain_http:
             # The transparent retry tries the mirror before any upstream.
             return RoutePlan(
-                (self.direct, *desync, mirror, *upstreams),
+                (self.direct, *self.honest_first, *desync, mirror, *upstreams),
                 prefix + f"unknown: direct first, then {mirror.name}, then upstreams",
                 learn=True,
                 isolation=self._isolation(host),
@@ -237,6 +244,8 @@ class Router:
         if strategy is not None:
             preferred = self.desync[strategy.route]
             why += f"; {strategy.route} = {desync.DESCRIPTIONS[strategy]}"
+        elif preferred_name == DOH_ROUTE:
+            preferred = self.honest
         elif preferred_name:
             preferred = self.upstreams.get(preferred_name)
         ordered = ((preferred,) if preferred is not None else ()) + tuple(

@@ -48,6 +48,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from lab_censor import Censor
 from lab_dns import IspResolver
+from lab_doh import DohServers
 from lab_netns import (
     LabError,
     LabProcess,
@@ -151,6 +152,7 @@ class NetLab:
         self._client_processes: list[subprocess.Popen[Any]] = []
         self._extra_socks: list[SocksServer] = []
         self._socks_addresses = {SOCKS_IP}
+        self._doh: DohServers | None = None
 
     def __enter__(self) -> NetLab:
         try:
@@ -205,6 +207,8 @@ class NetLab:
                 proc.wait()
         for socks in [*self._extra_socks, self.socks]:
             socks.stop()
+        if self._doh is not None:
+            self._doh.stop()
         self.resolver.stop()
         for server in self._servers:
             server.stop()
@@ -272,6 +276,13 @@ class NetLab:
         socks.start()
         self._extra_socks.append(socks)
         return socks
+
+    def start_doh(self) -> DohServers:
+        """The DoH providers of lab_doh.py, started on first use, stopped at ``close()``."""
+        if self._doh is None:
+            self._doh = DohServers(self.internet, self.workdir, self.ca, self._resolver_records())
+            self._doh.start()
+        return self._doh
 
     # -- what the servers saw -----------------------------------------------------------
 
@@ -375,6 +386,7 @@ class NetLab:
 
     def _make_certificates(self) -> None:
         ca = trustme.CA()
+        self.ca = ca  # for servers started later (lab_doh.py)
         leaf = ca.issue_cert(*self.sites)
         ca.cert_pem.write_to_path(str(self.ca_bundle))
         leaf.private_key_and_cert_chain_pem.write_to_path(str(self.workdir / "server.pem"))

@@ -106,8 +106,10 @@ class ProxydLauncher:
     def state_file(self) -> Path:
         return self._tmp_path / "state" / STATE_FILE
 
-    def start(self, config: str, *args: str) -> Proxyd:
-        proxy = Proxyd(args, config=config, tmp_path=self._tmp_path, netns=self._lab.client.name)
+    def start(self, config: str, *args: str, env: dict[str, str] | None = None) -> Proxyd:
+        proxy = Proxyd(
+            args, config=config, tmp_path=self._tmp_path, netns=self._lab.client.name, env=env
+        )
         self.started.append(proxy)
         return proxy
 

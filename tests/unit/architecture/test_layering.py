@@ -19,6 +19,7 @@ LAYERS = [
     "learning",
     "config",
     "access",
+    "resolver",
     "outbound",
     "routing",
     "runtime",
