@@ -185,6 +185,23 @@ class ListConfig:
     domains: DomainList = field(compare=False, repr=False)  # read when the config is
 
 
+TRANSPARENT_MODES = ("redirect", "tproxy")
+NAMELESS_ACTIONS = ("direct", "refuse")
+
+
+@dataclass(frozen=True, slots=True)
+class TransparentConfig:
+    """Listeners the router's firewall sends the LAN's web traffic to (no proxy settings)."""
+
+    listen: tuple[ListenAddress, ...] = ()  # empty: transparent mode off
+    mode: str = "redirect"  # how the firewall hands connections over: redirect | tproxy
+    ports: tuple[int, ...] = (80, 443)  # destination ports the rules send to proxyd
+    nameless: str = "direct"  # no SNI or Host: direct to the original address, or refuse
+    name_timeout: float = 2.0  # how long to wait for the first bytes that carry the name
+    interfaces: tuple[str, ...] = ()  # LAN interfaces; empty: match the allow networks
+    owner: str = ""  # user or uid proxyd runs as: the rules mark its own connections
+
+
 TOR_UPSTREAM = UpstreamConfig.from_url("tor", "socks5h://127.0.0.1:9050", tor=True)
 
 
@@ -209,6 +226,7 @@ class Config:
     rules: tuple[RuleConfig, ...] = ()  # first match wins
     mirrors: tuple[MirrorConfig, ...] = ()
     lists: tuple[ListConfig, ...] = ()  # imported block lists, priors for learning
+    transparent: TransparentConfig = TransparentConfig()
 
     def upstream(self, name: str) -> UpstreamConfig:
         for upstream in self.upstreams:

@@ -20,7 +20,9 @@ from typing import Any
 
 from proxyd.config._durations import parse_duration, parse_size
 from proxyd.config._schema import (
+    NAMELESS_ACTIONS,
     SOCKS_SCHEMES,
+    TRANSPARENT_MODES,
     AuthConfig,
     Config,
     LearningConfig,
@@ -30,6 +32,7 @@ from proxyd.config._schema import (
     MirrorConfig,
     Network,
     RuleConfig,
+    TransparentConfig,
     UpstreamConfig,
 )
 from proxyd.learning import FORMATS, ListError, read_list
@@ -44,6 +47,8 @@ REMOTE_DNS_SCHEMES = frozenset({"socks5h", "socks4a"})
 
 _LISTEN = re.compile(r"\[([^\]]+)\]:([0-9]{1,5})|([^:\[\]]+):([0-9]{1,5})")
 _HOST_LABEL = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)")
+_INTERFACE = re.compile(r"[A-Za-z0-9._@-]{1,15}")
+_OWNER = re.compile(r"[0-9]+|[a-z_][a-z0-9_-]{0,31}")
 _ROUTE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
@@ -333,6 +338,32 @@ _LEARNING: dict[str, Reader] = {
     "desync": _bool,
 }
 
+
+def _interface(value: object, path: KeyPath) -> str:
+    name = _str(value, path)
+    # IFNAMSIZ is 16 with the NUL; the name goes into nft and iptables rules verbatim.
+    if not _INTERFACE.fullmatch(name):
+        raise SchemaError(path, f"{name!r} is not an interface name (1-15 of A-Z a-z 0-9 . _ - @)")
+    return name
+
+
+def _owner(value: object, path: KeyPath) -> str:
+    name = _str(value, path)
+    if name and not _OWNER.fullmatch(name):
+        raise SchemaError(path, f"{name!r} is not a user name or a numeric uid")
+    return name
+
+
+_TRANSPARENT: dict[str, Reader] = {
+    "listen": _array(_listen_address),
+    "mode": _choice(TRANSPARENT_MODES),
+    "ports": _array(_count(1, 65535)),
+    "nameless": _choice(NAMELESS_ACTIONS),
+    "name_timeout": _POSITIVE,
+    "interfaces": _array(_interface),
+    "owner": _owner,
+}
+
 _RULE: dict[str, Reader] = {
     "host": _host,
     "domain": _domain,
@@ -450,6 +481,7 @@ _TOP_LEVEL: dict[str, tuple[str, Reader]] = {
     "rule": ("rules", _array(_rule)),
     "mirror": ("mirrors", _array(_mirror)),
     "list": ("lists", _array(_list)),
+    "transparent": ("transparent", _section(TransparentConfig, _TRANSPARENT)),
 }
 
 
