@@ -13,9 +13,11 @@ proxyd instead of where the device sent them.
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -209,6 +211,42 @@ def test_udp_443_from_the_lan_is_rejected_at_once(router: Router) -> None:
     assert float(elapsed[0]) < 0.2
     # without the rule the echo server would have answered
     assert "peer" not in echo.log_path.read_text()
+
+
+@pytest.mark.usefixtures("chromium")
+def test_chromium_that_knows_the_site_speaks_http3_loads_it_over_tcp_within_a_second(
+    netlab: NetLab, router: Router, tmp_path: Path
+) -> None:
+    flags = (*CHROMIUM_FLAGS, "--enable-quic")
+    # A first visit teaches Chromium (Alt-Svc) that open.example offers HTTP/3 on 443 ...
+    learn = tmp_path / "learn"
+    page = router.lan.exec_device(
+        netlab.chromium_argv("https://open.example/alt-svc/", learn, *flags), timeout=60
+    )
+    assert "origin open.example /alt-svc/" in page.stdout, page.stderr[-2000:]
+    state_file = Path("Default", "Network Persistent State")
+    state = json.loads((learn / state_file).read_text())
+    properties = state["net"]["http_server_properties"]
+    properties.pop("broken_alternative_services", None)  # what that visit found out
+    assert '"quic"' in json.dumps(properties["servers"])
+    # ... so a profile holding that knowledge tries QUIC first; the router rejects it.
+    timings = {}
+    for profile in ("knows-h3", "fresh"):
+        (tmp_path / profile / "Default").mkdir(parents=True)
+        if profile == "knows-h3":
+            (tmp_path / profile / state_file).write_text(json.dumps(state))
+        path = unique_path()
+        started = time.monotonic()
+        page = router.lan.exec_device(
+            netlab.chromium_argv(f"https://open.example{path}", tmp_path / profile, *flags),
+            timeout=60,
+        )
+        timings[profile] = time.monotonic() - started
+        assert f"origin open.example {path}" in page.stdout, page.stderr[-2000:]
+        netlab.wait_for_origin(path=path, peer_ip=CLIENT_IP)  # the origin speaks only TCP
+    assert timings["knows-h3"] < timings["fresh"] + 1.0, timings
+    after = (tmp_path / "knows-h3" / state_file).read_text()
+    assert "broken_alternative_services" in after  # it did try QUIC, and gave up on it
 
 
 # -- 4: the router's own services, the LAN, and no loop ------------------------------------
