@@ -261,7 +261,10 @@ def test_router_services_and_lan_neighbours_are_reached_without_proxyd(
     (served / "index.txt").write_text("router page\n")
     http_server = [sys.executable, "-m", "http.server", "--directory", str(served)]
     before = router.transparent_connections()
-    for netns, address in ((lan.router, ROUTER_LAN_IP), (lan.neighbour, NEIGHBOUR_IP)):
+    # The router's LAN address, its WAN address (only "local to the router" covers that
+    # one), and another host on the LAN.
+    targets = ((lan.router, ROUTER_LAN_IP), (lan.router, CLIENT_IP), (lan.neighbour, NEIGHBOUR_IP))
+    for netns, address in targets:
         server = lan.start_server(netns, f"http-{address}", [*http_server, "-b", address, "80"])
         try:
             wait_listening(server, "tcp", [(address, 80)])
