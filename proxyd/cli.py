@@ -1,4 +1,4 @@
-"""Command line: ``proxyd [run|check|config|routes|why] [options]``."""
+"""Command line: ``proxyd [run|check|config|routes|why|transparent] [options]``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 from proxyd.config import ConfigError, dump_config, load_config
 from proxyd.inbound import StartupError
 
-COMMANDS = ("run", "check", "config", "routes", "why")
+COMMANDS = ("run", "check", "config", "routes", "why", "transparent")
 EXIT_CONFIG = 2
 EXIT_STARTUP = 1
 
@@ -40,6 +40,10 @@ def _parser() -> argparse.ArgumentParser:
         "routes", help="list, force or forget learned routes (`proxyd routes -h` for more)"
     )
     sub.add_parser("why", help="which route HOST gets and why (`proxyd why HOST [--port N]`)")
+    sub.add_parser(
+        "transparent",
+        help="firewall rules for transparent mode on a router (`proxyd transparent -h`)",
+    )
     return parser
 
 
@@ -62,6 +66,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from proxyd.ops import routes_command
 
         return routes_command(argv[1:] if argv[0] == "routes" else argv)
+    if argv[0] == "transparent":
+        from proxyd.ops import transparent_command
+
+        return transparent_command(argv[1:])
     args = _parser().parse_args(argv)
     overrides = _overrides(args)
     try:

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from proxyd.config import Config, ConfigError, ListenAddress, load_config
-from proxyd.inbound import ProxyServer, StartupError, bind_listener
+from proxyd.inbound import ProxyServer, StartupError, TransparentServer, bind_listener
 from proxyd.learning import NullStats, Stats
 from proxyd.ops import AdminServer, InheritedSocket, Notifier, daemon_context, listen_fds
 from proxyd.routing import LearnedRoutes, default_state_dir
@@ -21,7 +21,7 @@ log = logging.getLogger("proxyd")
 # Descriptors one spliced tunnel holds: client and server sockets and a pipe each way.
 FDS_PER_TUNNEL = 6
 # Keys a reload cannot apply: they are bound or opened once, at start.
-RESTART_KEYS = ("admin", "state_dir", "metrics", "dns_listen")
+RESTART_KEYS = ("admin", "state_dir", "metrics", "dns_listen", "transparent")
 # Without a watchdog, how often systemd's one-line STATUS is refreshed when it changed.
 STATUS_REFRESH = 10.0
 
@@ -101,6 +101,7 @@ class Daemon:
         self.learned.load()
         self.server.start([s.socket for s in proxy_sockets] or None)
         await self.server.start_dns_listener()
+        transparent = self._start_transparent()
         self.learned.start_retests(self.server.direct)
         health = asyncio.ensure_future(self.server.rt.upstreams.run_health_checks())
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -127,7 +128,10 @@ class Daemon:
             grace = self.config.limits.drain_grace
             self._notifier.stopping(f"draining {self.server.active_clients} connections")
             log.info("stopping: draining connections for up to %gs", grace)
-            await self.server.drain(grace)
+            if transparent is not None:
+                await asyncio.gather(self.server.drain(grace), transparent.drain(grace))
+            else:
+                await self.server.drain(grace)
             if admin is not None:
                 await admin.stop()
             await self.learned.close()
@@ -141,6 +145,22 @@ class Daemon:
                 loop.remove_signal_handler(sig)
         log.info("stopped")
         return 0
+
+    def _start_transparent(self) -> TransparentServer | None:
+        """The router's redirected LAN traffic, on the proxy's own runtime (same routes,
+        learning and counters); its listeners are endpoints the proxy must never dial."""
+        if not self.config.transparent.listen:
+            return None
+        transparent = TransparentServer(self.server.rt, self.server.direct)
+        transparent.start()
+        for endpoint in transparent.addresses:
+            self.server.add_own_endpoint(endpoint)
+        log.info(
+            "transparent (%s) on %s",
+            self.config.transparent.mode,
+            ", ".join(f"{h}:{p}" for h, p in transparent.addresses),
+        )
+        return transparent
 
     def _start_notify_loop(self) -> asyncio.Task[None] | None:
         notifier = self._notifier

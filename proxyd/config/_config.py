@@ -61,6 +61,7 @@ from proxyd.config._schema import (
     ListenAddress,
     MirrorConfig,
     RuleConfig,
+    TransparentConfig,
     UpstreamConfig,
 )
 from proxyd.config._validate import BUILTIN_ROUTES, KeyPath, SchemaError, read_config
@@ -78,6 +79,7 @@ __all__ = [
     "ListenAddress",
     "MirrorConfig",
     "RuleConfig",
+    "TransparentConfig",
     "UpstreamConfig",
     "dump_config",
     "load_config",
@@ -160,6 +162,7 @@ def _anchor_list_paths(raw: Mapping[str, Any], base: Path) -> None:
 def _build(raw: Mapping[str, Any]) -> Config:
     config = read_config(raw)
     _check_listeners(config, raw)
+    _check_transparent(config)
     _check_route_names(config)
     _check_dns(config)
     if config.learning.retest_max < config.learning.retest_initial:
@@ -176,6 +179,10 @@ def _check_listeners(config: Config, raw: Mapping[str, Any]) -> None:
         raise SchemaError(("listen",), "at least one address is needed")
     if config.admin is not None:
         addresses.append((("admin",), config.admin))
+    addresses += [
+        (("transparent", "listen", index), address)
+        for index, address in enumerate(config.transparent.listen)
+    ]
     seen: dict[ListenAddress, KeyPath] = {}
     for path, address in addresses:
         if address.port and address in seen:
@@ -188,10 +195,25 @@ def _check_listeners(config: Config, raw: Mapping[str, Any]) -> None:
             continue
         # Safety: an open proxy on a public address is abused within hours, and the admin
         # API reveals browsing history. Opening up must be a deliberate allow-list.
-        what = "run as an open proxy" if path[0] == "listen" else "expose the admin API"
+        what = "expose the admin API" if path[0] == "admin" else "run as an open proxy"
         raise SchemaError(
             path, f"refusing to {what} on {address}: set allow = [...] to the client networks"
         )
+
+
+def _check_transparent(config: Config) -> None:
+    transparent = config.transparent
+    if not transparent.listen:
+        return
+    if not transparent.ports:
+        raise SchemaError(("transparent", "ports"), "at least one port to redirect is needed")
+    for index, address in enumerate(transparent.listen):
+        if address.port == 0 or address.host == "localhost":
+            # The firewall rules name the port and, for TPROXY, the address.
+            raise SchemaError(
+                ("transparent", "listen", index),
+                f"{address}: the firewall rules need a fixed IP address and port",
+            )
 
 
 def _check_route_names(config: Config) -> None:
@@ -348,6 +370,8 @@ def _to_toml_data(config: Config) -> dict[str, Any]:
             | ({} if block_list.route is None else {"route": block_list.route})
             for block_list in config.lists
         ],
+        "transparent": _plain_fields(config.transparent)
+        | {"listen": [str(address) for address in config.transparent.listen]},
     }
 
 
@@ -376,7 +400,9 @@ def _dns_data(config: Config) -> dict[str, Any]:
     return data
 
 
-def _plain_fields(section: AuthConfig | Limits | LearningConfig | RuleConfig) -> dict[str, Any]:
+def _plain_fields(
+    section: AuthConfig | Limits | LearningConfig | RuleConfig | TransparentConfig,
+) -> dict[str, Any]:
     return {field.name: _plain(getattr(section, field.name)) for field in fields(section)}
 
 

@@ -220,6 +220,23 @@ class DnsConfig:
     shared_address_threshold: int = 3  # blocked names behind one address
 
 
+TRANSPARENT_MODES = ("redirect", "tproxy")
+NAMELESS_ACTIONS = ("direct", "refuse")
+
+
+@dataclass(frozen=True, slots=True)
+class TransparentConfig:
+    """Listeners the router's firewall sends the LAN's web traffic to (no proxy settings)."""
+
+    listen: tuple[ListenAddress, ...] = ()  # empty: transparent mode off
+    mode: str = "redirect"  # how the firewall hands connections over: redirect | tproxy
+    ports: tuple[int, ...] = (80, 443)  # destination ports the rules send to proxyd
+    nameless: str = "direct"  # no SNI or Host: direct to the original address, or refuse
+    name_timeout: float = 2.0  # how long to wait for the first bytes that carry the name
+    interfaces: tuple[str, ...] = ()  # LAN interfaces; empty: match the allow networks
+    owner: str = ""  # user or uid proxyd runs as: the rules mark its own connections
+
+
 TOR_UPSTREAM = UpstreamConfig.from_url("tor", "socks5h://127.0.0.1:9050", tor=True)
 
 
@@ -246,6 +263,7 @@ class Config:
     lists: tuple[ListConfig, ...] = ()  # imported block lists, priors for learning
     dns: DnsConfig = DnsConfig()
     dns_listen: tuple[ListenAddress, ...] = ()  # the LAN DNS listener (UDP and TCP)
+    transparent: TransparentConfig = TransparentConfig()
 
     def upstream(self, name: str) -> UpstreamConfig:
         for upstream in self.upstreams:

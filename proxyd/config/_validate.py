@@ -23,7 +23,9 @@ from urllib.parse import urlsplit
 
 from proxyd.config._durations import parse_duration, parse_size
 from proxyd.config._schema import (
+    NAMELESS_ACTIONS,
     SOCKS_SCHEMES,
+    TRANSPARENT_MODES,
     AuthConfig,
     Config,
     DnsConfig,
@@ -35,6 +37,7 @@ from proxyd.config._schema import (
     MirrorConfig,
     Network,
     RuleConfig,
+    TransparentConfig,
     UpstreamConfig,
 )
 from proxyd.learning import FORMATS, ListError, read_list
@@ -58,6 +61,8 @@ REMOTE_DNS_SCHEMES = frozenset({"socks5h", "socks4a"})
 
 _LISTEN = re.compile(r"\[([^\]]+)\]:([0-9]{1,5})|([^:\[\]]+):([0-9]{1,5})")
 _HOST_LABEL = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)")
+_INTERFACE = re.compile(r"[A-Za-z0-9._@-]{1,15}")
+_OWNER = re.compile(r"[0-9]+|[a-z_][a-z0-9_-]{0,31}")
 _ROUTE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
@@ -362,6 +367,32 @@ _LEARNING: dict[str, Reader] = {
     "canaries": _array(_host),
 }
 
+
+def _interface(value: object, path: KeyPath) -> str:
+    name = _str(value, path)
+    # IFNAMSIZ is 16 with the NUL; the name goes into nft and iptables rules verbatim.
+    if not _INTERFACE.fullmatch(name):
+        raise SchemaError(path, f"{name!r} is not an interface name (1-15 of A-Z a-z 0-9 . _ - @)")
+    return name
+
+
+def _owner(value: object, path: KeyPath) -> str:
+    name = _str(value, path)
+    if name and not _OWNER.fullmatch(name):
+        raise SchemaError(path, f"{name!r} is not a user name or a numeric uid")
+    return name
+
+
+_TRANSPARENT: dict[str, Reader] = {
+    "listen": _array(_listen_address),
+    "mode": _choice(TRANSPARENT_MODES),
+    "ports": _array(_count(1, 65535)),
+    "nameless": _choice(NAMELESS_ACTIONS),
+    "name_timeout": _POSITIVE,
+    "interfaces": _array(_interface),
+    "owner": _owner,
+}
+
 _RULE: dict[str, Reader] = {
     "host": _host,
     "domain": _domain,
@@ -572,6 +603,7 @@ _TOP_LEVEL: dict[str, tuple[str, Reader]] = {
     "list": ("lists", _array(_list)),
     "dns": ("dns", _dns),
     "dns_listen": ("dns_listen", _array(_listen_address)),
+    "transparent": ("transparent", _section(TransparentConfig, _TRANSPARENT)),
 }
 
 

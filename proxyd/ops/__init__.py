@@ -1,5 +1,6 @@
 """Running the daemon: the admin listener (metrics, health, learned routes, PAC, status
-page), systemd socket activation and readiness, and the ``routes`` CLI.
+page), systemd socket activation and readiness, the ``routes`` CLI, and the
+``transparent`` CLI with the firewall rules it prints.
 
 The admin app, metrics and status page load on the first admin request.
 """
@@ -12,9 +13,11 @@ from proxyd.ops._systemd import InheritedSocket, Notifier, listen_fds
 
 if TYPE_CHECKING:
     from proxyd.ops._cli_routes import routes_command
+    from proxyd.ops._cli_transparent import transparent_command
 
 _LAZY = {
     "routes_command": "proxyd.ops._cli_routes",
+    "transparent_command": "proxyd.ops._cli_transparent",
 }
 
 
@@ -35,4 +38,5 @@ __all__ = [
     "daemon_context",
     "listen_fds",
     "routes_command",
+    "transparent_command",
 ]

@@ -30,8 +30,9 @@ from typing import IO, Any
 
 _SBIN_PATH = "/usr/local/sbin:/usr/sbin:/sbin"
 _NETNS_ETC = Path("/etc/netns")
-# pxd<owner pid>n<sequence><role>, role c(lient), r(outer/censor), i(nternet)
-_LAB_NETNS = re.compile(r"^pxd(\d+)n\d+[cri]$")
+# pxd<owner pid>n<sequence><role>, role c(lient), r(outer/censor), i(nternet), and the
+# LAN behind the client: l (the device), m (its neighbour)
+_LAB_NETNS = re.compile(r"^pxd(\d+)n\d+[criml]$")
 _LAB_WORKDIR = re.compile(r"^pxd(\d+)n\d+-netlab$")
 _lab_sequence = itertools.count()
 _PR_SET_PDEATHSIG = 1

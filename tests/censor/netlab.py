@@ -24,6 +24,8 @@
   namespace goes down (its routes with it: the ISP answers "network unreachable") / up.
 - ``lab.reset()``: default censorship back, uplink up, first SOCKS server up, extra ones
   stopped.
+- ``lab.lan()``: a home LAN behind the client namespace, which becomes its router
+  (lab_lan.py); built on first use, so labs that never ask for it do not change.
 
 Names are ``pxd<pid>n<seq>{c,r,i}``; ``close()`` stops only this lab's processes (by PID)
 and deletes only its namespaces and files.
@@ -49,6 +51,7 @@ from cryptography.hazmat.primitives import serialization
 from lab_censor import Censor
 from lab_dns import IspResolver
 from lab_doh import DohServers
+from lab_lan import Lan
 from lab_netns import (
     LabError,
     LabProcess,
@@ -83,6 +86,7 @@ from lab_sites import (
 _HTTPD = Path(__file__).resolve().parent / "servers" / "httpd.py"
 _DPI = Path(__file__).resolve().parent / "servers" / "dpi.py"
 _NO_IPV6 = ("net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
+_NETNS_ETC_DIR = Path("/etc/netns")
 _LOCALHOST = "127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n"
 
 
@@ -153,6 +157,7 @@ class NetLab:
         self._extra_socks: list[SocksServer] = []
         self._socks_addresses = {SOCKS_IP}
         self._doh: DohServers | None = None
+        self._lan: Lan | None = None
 
     def __enter__(self) -> NetLab:
         try:
@@ -201,6 +206,9 @@ class NetLab:
         wait_listening(pages, "tcp", [(BLOCK_PAGE_IP, 80), (REDIRECT_IP, 80)])
 
     def close(self) -> None:
+        if self._lan is not None:
+            self._lan.close()
+            self._lan = None
         for proc in self._client_processes:
             if proc.poll() is None:
                 proc.kill()
@@ -226,6 +234,18 @@ class NetLab:
         self._extra_socks.clear()
         if not self.socks.running():
             self.socks.start()
+
+    def lan(self) -> Lan:
+        """The LAN behind the client namespace (the router), built on first use."""
+        if self._lan is None:
+            etc = {
+                name: (_NETNS_ETC_DIR / self.client.name / name).read_text()
+                for name in ("hosts", "nsswitch.conf")
+            }
+            lan = Lan(self.prefix, self.client, self.internet, self.workdir, ISP_CLIENT_SIDE, etc)
+            self._lan = lan
+            lan.start()
+        return self._lan
 
     # -- running things in the client namespace ----------------------------------------
 

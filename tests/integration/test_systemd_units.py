@@ -31,7 +31,12 @@ pytestmark = pytest.mark.skipif(
 )
 
 UNIT_DIR = Path(__file__).resolve().parents[2] / "systemd"
-SHIPPED_UNITS = ("proxyd.service", "proxyd.socket", "proxyd-admin.socket")
+SHIPPED_UNITS = (
+    "proxyd.service",
+    "proxyd.socket",
+    "proxyd-admin.socket",
+    "proxyd-transparent.service",
+)
 # systemd-analyze's scale is 0-100, printed as 0.0-10.0; the shipped service scores 1.4.
 MAX_EXPOSURE = 20
 
@@ -156,3 +161,20 @@ def test_service_has_every_setting_a_router_install_relies_on() -> None:
         assert len(settings.get(key, [])) == 1 and settings[key][0], key
     # A spliced tunnel holds 4 fds: the limit must allow thousands of tunnels.
     assert int(settings["LimitNOFILE"][0]) >= 16384
+
+
+def test_transparent_rules_unit_applies_before_proxyd_and_removes_on_stop() -> None:
+    text = (UNIT_DIR / "proxyd-transparent.service").read_text()
+    settings = service_settings(text)
+    required = {
+        "Type": ["oneshot"],
+        "RemainAfterExit": ["yes"],  # stop (and so ExecStop, the removal) must mean something
+        "ExecStart": ["proxyd transparent apply -c /etc/proxyd/proxyd.toml"],
+        "ExecStop": ["proxyd transparent remove -c /etc/proxyd/proxyd.toml"],
+        "CapabilityBoundingSet": ["CAP_NET_ADMIN"],
+    }
+    assert {key: settings.get(key) for key in required} == required
+    assert "\nBefore=proxyd.service\n" in text
+    # proxyd.service itself stays without capabilities: REDIRECT mode needs none.
+    proxyd = service_settings((UNIT_DIR / "proxyd.service").read_text())
+    assert proxyd["CapabilityBoundingSet"] == [""]

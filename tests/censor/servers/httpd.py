@@ -5,7 +5,8 @@
 
 - ``--origin ADDR``: an origin on ADDR:80 (and ADDR:443 with ``--cert``/``--key``) that
   answers ``origin HOST PATH`` (``/bytes/N``: N bytes of a repeated 0-9a-f pattern, as is
-  freeze.example's front page, 64 KiB); on a ``--slow`` address only after ``--slow-delay``.
+  freeze.example's front page, 64 KiB; ``/alt-svc/...`` also advertises HTTP/3 on port
+  443); on a ``--slow`` address only after ``--slow-delay``.
 - ``--mirror ADDR``: a mirror site on ADDR:80 (and 443), see ``_mirror``.
 - ``--block-page ADDR``: ADDR:80 answers every request with the ISP's block page.
 - ``--redirect ADDR``: ADDR:80 answers every request with a 302 to the block page.
@@ -71,7 +72,9 @@ def _origin(slow_addresses: set[str], slow_delay: float) -> Handler:
         if host == FREEZE_HOST and request.path == "/":
             # A front page big enough that a re-test's GET / shows whether a freeze is on.
             return web.Response(body=_pattern(64 * 1024), content_type="text/plain")
-        return web.Response(text=f"origin {host} {request.raw_path}\n")
+        # /alt-svc/...: advertise HTTP/3 on 443, so a browser tries QUIC on its next visit.
+        alt_svc = {"Alt-Svc": 'h3=":443"; ma=86400'} if request.path.startswith("/alt-svc/") else {}
+        return web.Response(text=f"origin {host} {request.raw_path}\n", headers=alt_svc)
 
     return answer
 

@@ -681,3 +681,51 @@ def test_mirror_rewrite_keeps_subdomain_labels() -> None:
     assert mirror.rewrite("notblog.example") is None
     exact = MirrorConfig(name="x", from_host="a.example", to_host="b.example")
     assert (exact.rewrite("a.example"), exact.rewrite("www.a.example")) == ("b.example", None)
+
+
+# --- transparent mode -----------------------------------------------------------------------
+
+
+def test_transparent_mode_is_off_by_default_and_reads_every_key() -> None:
+    assert DEFAULT_CONFIG.transparent.listen == ()
+    config = parse_config(
+        'allow = ["192.168.1.0/24"]\n[transparent]\nlisten = ["0.0.0.0:8081"]\n'
+        'mode = "tproxy"\nports = [80, 443, 8080]\nnameless = "refuse"\n'
+        'name_timeout = "500ms"\ninterfaces = ["br-lan"]\nowner = "proxyd"\n',
+        source="f",
+    )
+    t = config.transparent
+    assert (t.listen, t.mode, t.ports, t.nameless) == (
+        (ListenAddress("0.0.0.0", 8081),),
+        "tproxy",
+        (80, 443, 8080),
+        "refuse",
+    )
+    assert (t.name_timeout, t.interfaces, t.owner) == (0.5, ("br-lan",), "proxyd")
+    assert parse_config(dump_config(config), source="dump") == config
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "key", "message"),
+    [
+        ('[transparent]\nlisten = ["0.0.0.0:8081"]\n', 2, "transparent.listen[0]", "open proxy"),
+        ('[transparent]\nmode = "nat"\n', 2, "transparent.mode", "not one of redirect, tproxy"),
+        ('[transparent]\nnameless = "drop"\n', 2, "transparent.nameless", "not one of"),
+        ('[transparent]\n\ninterfaces = ["br lan"]\n', 3, "transparent.interfaces[0]", "not an"),
+        ('[transparent]\nowner = "x y"\n', 2, "transparent.owner", "not a user name"),
+        ("[transparent]\nports = [0]\n", 2, "transparent.ports[0]", "out of range"),
+        ('[transparent]\nlisten = ["127.0.0.1:0"]\n', 2, "transparent.listen[0]", "fixed"),
+        (
+            'listen = ["127.0.0.1:8081"]\n[transparent]\nlisten = ["127.0.0.1:8081"]\n',
+            3,
+            "transparent.listen[0]",
+            "is both listen[0] and transparent.listen[0]",
+        ),
+    ],
+)
+def test_transparent_errors_name_file_line_and_key(
+    text: str, line: int, key: str, message: str
+) -> None:
+    error = error_for(text)
+    assert (error.source, error.line, error.key) == ("proxyd.toml", line, key)
+    assert message in error.message
