@@ -10,7 +10,6 @@ from ``raw`` keep the dataclass defaults.
 from __future__ import annotations
 
 import contextlib
-import difflib
 import ipaddress
 import re
 from collections.abc import Callable, Collection, Mapping
@@ -274,6 +273,8 @@ def _users(value: object, path: KeyPath) -> tuple[tuple[str, str], ...]:
 def _check_keys(table: Mapping[str, object], known: Collection[str], path: KeyPath) -> None:
     for key in table:
         if key not in known:
+            import difflib  # a config error is rare; the daemon need not keep difflib loaded
+
             close = difflib.get_close_matches(key, known, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise SchemaError((*path, key), f"unknown key{hint}")
