@@ -103,24 +103,35 @@ def _start_targets(peers: list[Peer], run_dir: Path) -> tuple[list[Target], dict
     return targets, failed
 
 
-def _measure(ctx: Context, workload: Workload, target: Target, results: report.Results) -> None:
+def _measure(
+    ctx: Context,
+    workload: Workload,
+    target: Target,
+    results: report.Results,
+    *,
+    again: bool = False,
+) -> None:
     try:
         target.require_alive()
         measured = workload.measure(ctx, target)
     except (MeasureError, procs.StartError) as exc:
-        for key in workload.metrics:
-            results.fail(key, target.name, str(exc))
+        if not again:
+            for key in workload.metrics:
+                results.fail(key, target.name, str(exc))
         _log(f"  {workload.name:<10} {target.name:<12} n/a ({exc})")
         return
     for key in workload.metrics:
         if key in measured.values:
-            results.add(key, target.name, measured.values[key])
+            if again:
+                results.keep_better(key, target.name, measured.values[key])
+            else:
+                results.add(key, target.name, measured.values[key])
         elif target.name != "direct":
             results.fail(key, target.name, "not measurable in this run")
     if measured.details:
         results.detail(workload.name, target.name, measured.details)
     shown = ", ".join(f"{k}={v:.4g}" for k, v in measured.values.items())
-    _log(f"  {workload.name:<10} {target.name:<12} {shown}")
+    _log(f"  {workload.name:<10} {target.name:<12} {shown}" + (" (again)" if again else ""))
 
 
 def _one_run(
@@ -135,6 +146,8 @@ def _one_run(
             for target in targets:
                 if workload.direct or target.port is not None:
                     _measure(ctx, workload, target, results)
+            if workload.bracket_direct and len(targets) > 1:
+                _measure(ctx, workload, targets[0], results, again=True)
     finally:
         for target in targets:
             if target.started is not None:

@@ -55,6 +55,14 @@ class Results:
     def add(self, metric: str, target: str, value: float) -> None:
         self.samples.setdefault(metric, {}).setdefault(target, []).append(value)
 
+    def keep_better(self, metric: str, target: str, value: float) -> None:
+        """A second sample of the same run: keep the higher of it and the run's last one."""
+        values = self.samples.setdefault(metric, {}).setdefault(target, [])
+        if values:
+            values[-1] = max(values[-1], value)
+        else:
+            values.append(value)
+
     def fail(self, metric: str, target: str, reason: str) -> None:
         self.errors.setdefault(metric, {}).setdefault(target, []).append(reason)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hmac
 import ipaddress
 import socket
 from collections import OrderedDict, deque
@@ -89,6 +88,10 @@ class AccessPolicy:
         return any(addr in net for net in self._allow)
 
     def check_credentials(self, username: str, password: str) -> bool:
+        # Loaded on the first credentials: hmac brings hashlib and OpenSSL's digests (0.7 MB)
+        # into a daemon that, without [auth], never needs them.
+        import hmac
+
         expected = self._users.get(username.encode("utf-8", "surrogateescape"))
         if expected is None:
             # Compare anyway so a wrong user name costs the same time as a wrong password.

@@ -45,9 +45,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
-
-import toml
+from typing import TYPE_CHECKING, Any
 
 from proxyd.config._durations import format_duration
 from proxyd.config._lines import KeyLines
@@ -66,6 +64,9 @@ from proxyd.config._schema import (
 )
 from proxyd.config._validate import BUILTIN_ROUTES, KeyPath, SchemaError, read_config
 from proxyd.errors import ProxydError
+
+if TYPE_CHECKING:
+    import toml
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -128,6 +129,9 @@ def parse_config(text: str, *, source: str) -> Config:
 
 
 def dump_config(config: Config) -> str:
+    # Only `proxyd config` writes TOML: the writer stays out of the daemon's memory.
+    import toml
+
     body = toml.dumps(_to_toml_data(config), encoder=_toml_writer())
     return "# proxyd effective configuration (proxyd config)\n" + body
 
@@ -311,6 +315,8 @@ def _render_key(path: KeyPath) -> str:
 
 
 def _toml_writer() -> toml.TomlEncoder[dict[str, Any]]:
+    import toml
+
     encoder = toml.TomlEncoder(dict)
     encoder.dump_funcs[str] = _basic_string
     return encoder

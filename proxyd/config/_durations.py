@@ -17,7 +17,6 @@ All three raise ``ValueError`` with a message fit for the user.
 from __future__ import annotations
 
 import re
-from decimal import Decimal
 
 MAX_DURATION = 365 * 86400.0  # beyond this an event loop timer is a bug, not a setting
 
@@ -76,6 +75,8 @@ def format_duration(seconds: float) -> str:
         if _DURATION.fullmatch(candidate) and parse_duration(candidate) == seconds:
             return candidate
     # repr() chose an exponent (1e-05); the exact decimal expansion of a float is finite.
+    from decimal import Decimal  # rare, and 0.4 MB the daemon need not keep
+
     return f"{Decimal(seconds):f}s"
 
 
@@ -97,6 +98,8 @@ def parse_size(value: int | str) -> int:
         raise ValueError(
             f"size {value!r} has an unknown unit {unit!r}: use B, KiB, MiB, GiB, KB, MB or GB"
         )
+    from decimal import Decimal  # config parsing only; see format_duration
+
     size = Decimal(number) * bytes_per_unit
     if size != size.to_integral_value():
         raise ValueError(f"size {value!r} is not a whole number of bytes")

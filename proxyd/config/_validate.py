@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
-import difflib
 import ipaddress
 import re
 from collections.abc import Callable, Collection, Mapping
@@ -308,6 +307,8 @@ def ooni_dns_addresses(text: str) -> tuple[str, ...]:
 def _check_keys(table: Mapping[str, object], known: Collection[str], path: KeyPath) -> None:
     for key in table:
         if key not in known:
+            import difflib  # a config error is rare; the daemon need not keep difflib loaded
+
             close = difflib.get_close_matches(key, known, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise SchemaError((*path, key), f"unknown key{hint}")

@@ -261,22 +261,6 @@ class SpliceTunnel:
             self.done.set_result((self.up.moved, self.down.moved))
 
 
-def _wait_fd(loop: asyncio.AbstractEventLoop, fd: int, *, write: bool) -> asyncio.Future[None]:
-    waiter: asyncio.Future[None] = loop.create_future()
-    add, remove = (
-        (loop.add_writer, loop.remove_writer) if write else (loop.add_reader, loop.remove_reader)
-    )
-
-    def ready() -> None:
-        remove(fd)
-        if not waiter.done():
-            waiter.set_result(None)
-
-    add(fd, ready)
-    waiter.add_done_callback(lambda _f: remove(fd))
-    return waiter
-
-
 class BodyPipe:
     """A reusable pipe for copying exact byte counts between sockets (bodies, uploads).
 
@@ -295,48 +279,139 @@ class BodyPipe:
     async def copy_exact(
         self, src: socket.socket, dst: socket.socket, count: int, *, timeout: float
     ) -> None:
-        """Move exactly ``count`` bytes from src to dst; EOF first is ``ConnectionResetError``."""
-        loop = asyncio.get_running_loop()
-        src_fd, dst_fd = src.fileno(), dst.fileno()
-        async with asyncio.timeout(timeout) as deadline:
-            while count:
-                try:
-                    n = os.splice(src_fd, self._w, min(count, SPLICE_CHUNK), flags=_SPLICE_FLAGS)
-                except BlockingIOError:
-                    await _wait_fd(loop, src_fd, write=False)
-                    deadline.reschedule(loop.time() + timeout)
-                    continue
-                if n == 0:
-                    raise ConnectionResetError("peer closed before the body ended")
-                count -= n
-                while n:
-                    try:
-                        n -= os.splice(self._r, dst_fd, n, flags=_SPLICE_FLAGS)
-                    except BlockingIOError:
-                        await _wait_fd(loop, dst_fd, write=True)
-                        deadline.reschedule(loop.time() + timeout)
+        """Move exactly ``count`` bytes from src to dst; EOF first is ``ConnectionResetError``.
+
+        ``timeout`` bounds each wait for either socket, not the whole body.
+        """
+        await _BodyCopy(self, src, dst, count, timeout).future
 
     async def copy_until_eof(
         self, src: socket.socket, dst: socket.socket, *, timeout: float
     ) -> int:
         """Move bytes until src reaches EOF (bodies delimited by close); returns the count."""
-        loop = asyncio.get_running_loop()
-        src_fd, dst_fd = src.fileno(), dst.fileno()
-        total = 0
-        async with asyncio.timeout(timeout) as deadline:
-            while True:
+        return await _BodyCopy(self, src, dst, None, timeout).future
+
+
+class _BodyCopy:
+    """One body through a ``BodyPipe``, driven by reader/writer callbacks like ``_Pump``.
+
+    A coroutine that awaited a future per EAGAIN, with an ``asyncio.timeout`` rescheduled
+    after each, cost an extra loop iteration and a few allocations per wake-up; here a
+    wake-up is the splice calls, and the timeout is one timer re-armed lazily from a flag.
+    """
+
+    __slots__ = (
+        "_active",
+        "_left",
+        "_loop",
+        "_pipe_r",
+        "_pipe_w",
+        "_timeout",
+        "_timer",
+        "dst_fd",
+        "future",
+        "in_pipe",
+        "src_fd",
+        "total",
+        "waiting",
+    )
+
+    def __init__(
+        self,
+        pipe: BodyPipe,
+        src: socket.socket,
+        dst: socket.socket,
+        count: int | None,
+        timeout: float,
+    ) -> None:
+        self._loop = loop = asyncio.get_running_loop()
+        self._pipe_r, self._pipe_w = pipe._r, pipe._w
+        self.src_fd, self.dst_fd = src.fileno(), dst.fileno()
+        self._left = count  # None: until EOF
+        self._timeout = timeout
+        self._active = False
+        self.in_pipe = self.total = 0
+        self.waiting: str | None = None  # "read" or "write": which callback is registered
+        self.future: asyncio.Future[int] = loop.create_future()
+        self.future.add_done_callback(self._cleanup)
+        self._timer: asyncio.TimerHandle | None = loop.call_later(timeout, self._check_idle)
+        self._step()
+
+    def _step(self) -> None:
+        self._active = True
+        while True:
+            while self.in_pipe:
                 try:
-                    n = os.splice(src_fd, self._w, SPLICE_CHUNK, flags=_SPLICE_FLAGS)
+                    n = os.splice(self._pipe_r, self.dst_fd, self.in_pipe, flags=_SPLICE_FLAGS)
                 except BlockingIOError:
-                    await _wait_fd(loop, src_fd, write=False)
-                    deadline.reschedule(loop.time() + timeout)
-                    continue
-                if n == 0:
-                    return total
-                total += n
-                while n:
-                    try:
-                        n -= os.splice(self._r, dst_fd, n, flags=_SPLICE_FLAGS)
-                    except BlockingIOError:
-                        await _wait_fd(loop, dst_fd, write=True)
-                        deadline.reschedule(loop.time() + timeout)
+                    self._wait("write")
+                    return
+                except OSError as exc:
+                    self._fail(exc)
+                    return
+                self.in_pipe -= n
+            left = self._left
+            if left == 0:
+                self._finish()
+                return
+            want = SPLICE_CHUNK if left is None else min(left, SPLICE_CHUNK)
+            try:
+                n = os.splice(self.src_fd, self._pipe_w, want, flags=_SPLICE_FLAGS)
+            except BlockingIOError:
+                self._wait("read")
+                return
+            except OSError as exc:
+                self._fail(exc)
+                return
+            if n == 0:
+                if left is None:
+                    self._finish()
+                else:
+                    self._fail(ConnectionResetError("peer closed before the body ended"))
+                return
+            self.in_pipe += n
+            self.total += n
+            if left is not None:
+                self._left = left - n
+
+    def _wait(self, what: str) -> None:
+        if self.waiting == what:
+            return
+        self._unregister()
+        if what == "read":
+            self._loop.add_reader(self.src_fd, self._step)
+        else:
+            self._loop.add_writer(self.dst_fd, self._step)
+        self.waiting = what
+
+    def _unregister(self) -> None:
+        if self.waiting == "read":
+            self._loop.remove_reader(self.src_fd)
+        elif self.waiting == "write":
+            self._loop.remove_writer(self.dst_fd)
+        self.waiting = None
+
+    def _check_idle(self) -> None:
+        if not self._active:
+            self._timer = None
+            self._fail(TimeoutError("body idle"))
+            return
+        self._active = False
+        self._timer = self._loop.call_later(self._timeout, self._check_idle)
+
+    def _finish(self) -> None:
+        self._cleanup(self.future)
+        if not self.future.done():
+            self.future.set_result(self.total)
+
+    def _fail(self, exc: BaseException) -> None:
+        self._cleanup(self.future)
+        if not self.future.done():
+            self.future.set_exception(exc)
+
+    def _cleanup(self, _future: asyncio.Future[int]) -> None:
+        # Also on cancellation: the awaiting coroutine gave up, the callbacks must go.
+        self._unregister()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None

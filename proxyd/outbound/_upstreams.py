@@ -48,7 +48,6 @@ Errors are ``DialError`` subclasses, never python-socks or OSError:
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import ipaddress
 import logging
 import socket
@@ -265,5 +264,7 @@ def _isolation_key(isolation: str | None) -> str | None:
     if not isolation:
         return None
     if len(isolation.encode()) > 255:  # the SOCKS5 username limit
+        import hashlib  # long isolation keys are rare; see access.check_credentials
+
         return hashlib.sha256(isolation.encode()).hexdigest()
     return isolation

@@ -96,6 +96,26 @@ def test_a_daemon_serving_proxy_traffic_loads_aiohttp_only_for_its_first_admin_r
     assert [p for p in LAZY if loaded(proc, p)] == list(LAZY)
 
 
+# What only a rare path needs (writing TOML, a config error's "did you mean", credentials,
+# long isolation keys, sizes written with a unit): 1.3 MB of an idle daemon (issue 11).
+RARE = ("toml", "difflib", "hmac", "hashlib", "decimal")
+
+
+def test_a_daemon_serving_proxy_traffic_keeps_modules_of_rare_paths_unloaded(
+    daemon: tuple[Proxyd, int],
+) -> None:
+    proc, _admin_port = daemon
+    origin = OriginServer("origin")
+    try:
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({"http": proc.url}))
+        with opener.open(f"{origin.url}/page", timeout=10) as resp:
+            assert resp.read() == b"hello from origin /page\n"
+    finally:
+        origin.stop()
+    assert loaded(proc, "proxyd.daemon")
+    assert [m for m in RARE if loaded(proc, m)] == []
+
+
 def test_two_first_admin_connections_together_are_both_served(
     daemon: tuple[Proxyd, int],
 ) -> None:
