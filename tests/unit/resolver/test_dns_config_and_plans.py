@@ -85,10 +85,14 @@ def router_for(toml: str, tmp_path: Path) -> Router:
     return Router(config, DirectDialer(), UpstreamSet(config.upstreams), learned, None, honest)
 
 
+LADDER = ["desync:tlsrec", "desync:split", "desync:both"]
+
+
 def test_first_visit_tries_direct_then_direct_doh_then_upstreams(tmp_path: Path) -> None:
     router = router_for(DOH, tmp_path)
     plan = router.plan("dns.example", 443)
-    assert [r.name for r in plan.routes] == ["direct", "direct+doh", "tor"]
+    # The desync ladder (on by default) follows direct+doh: each starts only on its own cue.
+    assert [r.name for r in plan.routes] == ["direct", "direct+doh", *LADDER, "tor"]
     assert plan.learn
 
 
@@ -106,7 +110,7 @@ def test_without_doh_provider_there_is_no_direct_doh_route(tmp_path: Path) -> No
     config = parse_config(DOH.split("[dns]")[0], source="test.toml")
     learned = LearnedRoutes(config.learning, tmp_path, connect_timeout=5.0)
     router = Router(config, DirectDialer(), UpstreamSet(config.upstreams), learned)
-    assert [r.name for r in router.plan("dns.example", 443).routes] == ["direct", "tor"]
+    assert [r.name for r in router.plan("dns.example", 443).routes] == ["direct", *LADDER, "tor"]
 
 
 def test_onion_and_upstream_rules_never_reach_a_resolver(tmp_path: Path) -> None:
