@@ -6,6 +6,7 @@ The aiohttp-backed parts (``MirrorRoute``, ``MirrorAnswer``) load only when a
 
 from typing import TYPE_CHECKING
 
+from proxyd._lazy import lazy_names
 from proxyd.mirror._mirror import MirrorSet, MirrorStatus
 from proxyd.mirror._plain_route import PlainHttpRoute
 
@@ -13,19 +14,14 @@ if TYPE_CHECKING:
     from proxyd.mirror._answer import MirrorAnswer
     from proxyd.mirror._route import MirrorRoute
 
-_LAZY = {
-    "MirrorAnswer": "proxyd.mirror._answer",
-    "MirrorRoute": "proxyd.mirror._route",
-}
-
-
-def __getattr__(name: str) -> object:
-    # Heavy modules (aiohttp, prometheus-client) load on first use, not at start.
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    return getattr(importlib.import_module(_LAZY[name]), name)
+# Loaded on first use, not at daemon start (the CLIs, and aiohttp behind mirrors).
+__getattr__ = lazy_names(
+    __name__,
+    {
+        "MirrorAnswer": "proxyd.mirror._answer",
+        "MirrorRoute": "proxyd.mirror._route",
+    },
+)
 
 
 __all__ = ["MirrorAnswer", "MirrorRoute", "MirrorSet", "MirrorStatus", "PlainHttpRoute"]

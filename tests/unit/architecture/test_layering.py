@@ -14,6 +14,7 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[3] / "proxyd"
 
 # Lowest first. A piece imports only from itself and the pieces before it.
 LAYERS = [
+    "_lazy",
     "errors",
     "protocol",
     "learning",
