@@ -73,8 +73,8 @@ class MirrorHttpsUnavailable(UpstreamUnavailable):
 class RoutePlan:
     """Routes to try in order. ``learn``: failures of the first are evidence and the rest
     are its transparent fallback (the first visit); otherwise the rest are failover only.
-    ``stall_control``: direct tunnels froze; an upstream tunnel that carries more than a
-    freeze lets through confirms the block."""
+    ``stall_control``: direct tunnels froze or were cut after some data; an upstream
+    tunnel that carries more than the freeze or the cut let through confirms the block."""
 
     routes: tuple[Dialer, ...]
     why: str
@@ -183,10 +183,16 @@ class Router:
         overridable = entry is None or (
             entry.state is State.DIRECT and entry.source is not Source.FORCED
         )
-        if overridable and upstreams and not plain_http and learned.stall_suspected(host):
+        suspicion = None
+        if overridable and upstreams and not plain_http:
+            if learned.cut_suspected(host):
+                suspicion = "were cut after some data (cut_after_data)"
+            elif learned.stall_suspected(host):
+                suspicion = "froze after some data"
+        if suspicion is not None:
             return RoutePlan(
                 (*upstreams, self.direct),
-                f"{prefix}direct tunnels froze after some data: upstreams first, to confirm",
+                f"{prefix}direct tunnels {suspicion}: upstreams first, to confirm",
                 isolation=self._isolation(host),
                 stall_control=True,
             )
