@@ -25,6 +25,7 @@ from proxyd.config import Config, RuleConfig
 from proxyd.errors import DialError, Forbidden, UpstreamUnavailable
 from proxyd.learning import (
     DIRECT,
+    Reason,
     Source,
     State,
     is_local_destination,
@@ -201,6 +202,8 @@ class Router:
             why = f"{prefix}learned: {entry.key} blocked ({evidence}) since {_utc(entry.since)}"
             if entry.route == DOH_ROUTE and self.honest is not None:
                 why += ": only its DNS is, so direct to the DoH answer, upstreams if that fails"
+            elif any(e.reason is Reason.CUT_AFTER_DATA for e in entry.evidence):
+                why += ": direct transfers were reset mid-way, and the upstream carried them whole"
             return self._via_upstreams(host, port, entry.route, why, mirror, plain_http)
         if entry is not None:
             plan = RoutePlan((self.direct,), f"{prefix}learned: {entry.key} works direct")

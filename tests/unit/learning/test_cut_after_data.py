@@ -138,3 +138,15 @@ def test_the_control_confirms_only_when_it_carried_more_than_the_cut_point(
     entry = learned.lookup("cut.example")
     assert entry is not None and entry.route == "tor"
     assert [e.reason for e in entry.evidence] == [Reason.CUT_AFTER_DATA]
+
+
+def test_proxyd_why_explains_a_domain_learned_from_a_cut(tmp_path: Path) -> None:
+    router, learned = cut_router(tmp_path)
+    assert "cut after some data (cut_after_data)" in str(router.explain("cut.example")["why"])
+
+    async def control() -> None:
+        learned.control_carried("cut.example", "tor", 2 * CUT)
+
+    asyncio.run(control())
+    why = str(router.explain("www.cut.example")["why"])
+    assert "blocked (cut_after_data)" in why and "reset mid-way" in why
