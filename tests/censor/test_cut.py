@@ -104,23 +104,52 @@ def test_origin_that_ignores_range_gets_a_clean_close_never_a_corrupt_answer(
     assert int(refused.group(1)) == len(answer.body)
 
 
-@pytest.mark.usefixtures("chromium")
-def test_chromium_gets_a_cut_plain_http_answer_whole_by_a_range_resume(
-    netlab: NetLab, launch_proxyd: ProxydLauncher, tmp_path: Path
-) -> None:
-    proxy = start(netlab, launch_proxyd)
-    size = 400_000
+def chromium_text(
+    netlab: NetLab, proxy: Proxyd, url: str, profile: Path, *flags: str
+) -> str | None:
+    """The text of a text/plain document as headless Chromium shows it (one <pre>)."""
     argv = netlab.chromium_argv(
-        f"http://cut.example/ranged/{size}?{unique_path()[1:]}",
-        tmp_path / "profile",
+        url,
+        profile,
+        *flags,
         "--disable-background-networking",
         "--disable-component-update",
         "--no-first-run",
         f"--proxy-server=http://{proxy.host}:{proxy.port}",
     )
     page = netlab.exec_client(argv, timeout=60)
-    # A text/plain document: Chromium shows it in one <pre>.
     shown = re.search(r"<pre[^>]*>([0-9a-f]*)</pre>", page.stdout)
-    assert shown is not None, (page.stderr[-2000:], proxy.log_text())
-    assert sha256(shown.group(1)) == sha256(pattern(size))
+    return shown.group(1) if shown is not None else None
+
+
+@pytest.mark.usefixtures("chromium")
+def test_chromium_loads_a_mid_stream_reset_https_download_whole_on_visit_2(
+    netlab: NetLab, launch_proxyd: ProxydLauncher, tmp_path: Path
+) -> None:
+    proxy = start(netlab, launch_proxyd)
+    size = 400_000
+    # A load that broke off never finishes: --timeout stops it and dumps what there is.
+    url = f"https://cut.example/ranged/{size}"
+    first = chromium_text(netlab, proxy, url, tmp_path / "p1", "--timeout=10000")
+    assert first is None or len(first) < size, proxy.log_text()  # the cut visit is lost
+    proxy.wait_for_log(CUT_TUNNEL)
+    path = f"/ranged/{size}?{unique_path()[1:]}"
+    mark = netlab.origin_mark()
+    second = chromium_text(netlab, proxy, f"https://cut.example{path}", tmp_path / "p2")
+    assert second is not None, proxy.log_text()
+    assert sha256(second) == sha256(pattern(size))
+    netlab.wait_for_origin(host="cut.example", path=path, peer_ip=SOCKS_IP, since=mark)
+    assert proxy.wait_for_log(learned("cut.example")).groups() == ("cut_after_data", "tor")
+
+
+@pytest.mark.usefixtures("chromium")
+def test_chromium_gets_a_cut_plain_http_answer_whole_by_a_range_resume(
+    netlab: NetLab, launch_proxyd: ProxydLauncher, tmp_path: Path
+) -> None:
+    proxy = start(netlab, launch_proxyd)
+    size = 400_000
+    url = f"http://cut.example/ranged/{size}?{unique_path()[1:]}"
+    shown = chromium_text(netlab, proxy, url, tmp_path / "profile")
+    assert shown is not None, proxy.log_text()
+    assert sha256(shown) == sha256(pattern(size))
     assert proxy.wait_for_log(RESUMED).group(3) == "tor"
