@@ -5,7 +5,7 @@ the per-request books (``RequestRecord``).
 
 from proxyd.dataplane._accounting import NO_ROUTE, RequestRecord, finish, outcome_for
 from proxyd.dataplane._client_protocol import ClientProtocol, Handoff
-from proxyd.dataplane._relay import BodyPipe, SpliceTunnel
+from proxyd.dataplane._relay import BodyPipe, SourceEnded, SpliceTunnel
 
 __all__ = [
     "NO_ROUTE",
@@ -13,6 +13,7 @@ __all__ = [
     "ClientProtocol",
     "Handoff",
     "RequestRecord",
+    "SourceEnded",
     "SpliceTunnel",
     "finish",
     "outcome_for",

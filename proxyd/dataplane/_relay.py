@@ -84,7 +84,7 @@ class _Pump:
     def on_readable(self) -> None:
         tunnel = self._tunnel
         tunnel.active = True
-        self.last_read = tunnel.loop.time()
+        last_read, self.last_read = self.last_read, tunnel.loop.time()
         if self.pipe_w < 0:
             try:
                 self.pipe_r, self.pipe_w = _new_pipe(DEFAULT_PIPE_SIZE)
@@ -99,6 +99,10 @@ class _Pump:
             except BlockingIOError:
                 return
             except OSError as exc:
+                if self is tunnel.down:
+                    # Learning asks how long the server had been quiet when it was reset.
+                    self.last_read = last_read
+                    tunnel.server_reset = True
                 tunnel.abort(exc)
                 return
             if n == 0:
@@ -136,6 +140,8 @@ class _Pump:
                     loop.add_writer(self.dst_fd, self.on_writable)
                 return False
             except OSError as exc:
+                if self is self._tunnel.up:
+                    self._tunnel.server_reset = True
                 self._tunnel.abort(exc)
                 return False
             self.in_pipe -= n
@@ -165,7 +171,8 @@ class SpliceTunnel:
     the server has not, and, failing that, as the tunnel ends; ``server_silence`` is then
     how long the server had said nothing. Returning True ends the tunnel at once: a
     server that will never speak again (a frozen tunnel) would otherwise hold it until
-    the idle timeout.
+    the idle timeout. ``server_reset``: the tunnel ended because the server's side
+    failed (a reset), not the client's.
     """
 
     __slots__ = (
@@ -181,6 +188,7 @@ class SpliceTunnel:
         "ended_at",
         "loop",
         "server",
+        "server_reset",
         "timed_out",
         "up",
     )
@@ -202,6 +210,7 @@ class SpliceTunnel:
         self.done: asyncio.Future[tuple[int, int]] = self.loop.create_future()
         self.active = False
         self.timed_out = False
+        self.server_reset = False
         self._idle_timeout = idle_timeout
         self._idle_handle: asyncio.TimerHandle | None = None
         self._finished_directions = 0
@@ -261,6 +270,15 @@ class SpliceTunnel:
             self.done.set_result((self.up.moved, self.down.moved))
 
 
+class SourceEnded(ConnectionResetError):
+    """The source of an exact copy ended or was reset before the count: ``moved`` bytes
+    had reached the destination (all that was read), so the rest may be asked elsewhere."""
+
+    def __init__(self, moved: int, why: str) -> None:
+        super().__init__(why)
+        self.moved = moved
+
+
 class BodyPipe:
     """A reusable pipe for copying exact byte counts between sockets (bodies, uploads).
 
@@ -279,7 +297,8 @@ class BodyPipe:
     async def copy_exact(
         self, src: socket.socket, dst: socket.socket, count: int, *, timeout: float
     ) -> None:
-        """Move exactly ``count`` bytes from src to dst; EOF first is ``ConnectionResetError``.
+        """Move exactly ``count`` bytes from src to dst; src ending or failing first is
+        ``SourceEnded`` (a ``ConnectionResetError``) with how many bytes reached dst.
 
         ``timeout`` bounds each wait for either socket, not the whole body.
         """
@@ -361,13 +380,14 @@ class _BodyCopy:
                 self._wait("read")
                 return
             except OSError as exc:
-                self._fail(exc)
+                # The pipe is empty here: everything read so far reached dst.
+                self._fail(exc if left is None else SourceEnded(self.total, str(exc)))
                 return
             if n == 0:
                 if left is None:
                     self._finish()
                 else:
-                    self._fail(ConnectionResetError("peer closed before the body ended"))
+                    self._fail(SourceEnded(self.total, "peer closed before the body ended"))
                 return
             self.in_pipe += n
             self.total += n

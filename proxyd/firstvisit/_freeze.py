@@ -8,6 +8,11 @@ included, so the FIN we send once the client left is never acknowledged; a live 
 kernel acknowledges it within a round trip whatever its application does. One stall
 that passes this check is enough to suspect the domain (the upstream control still has
 to confirm it), so the check is what keeps open sites from ever being suspected.
+
+A cut after data (``learning.is_cut``) is the same watch for a larger transfer: a reset
+on the server's side while its data still flowed needs no check (the client did not
+leave, the path ended it), and a silence past a freeze's size is judged by the FIN as
+above. A client that closes first never makes a reset count: the watch is spent then.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import socket
 from collections.abc import Callable
 
 from proxyd.dataplane import RequestRecord, SpliceTunnel
-from proxyd.learning import DIRECT, is_stall
+from proxyd.learning import DIRECT, is_cut, is_stall
 from proxyd.outbound import spawn
 from proxyd.routing import RoutePlan
 from proxyd.runtime import Runtime
@@ -72,13 +77,22 @@ def freeze_watch(
         if tunnel.timed_out:
             return False  # nobody gave up: both sides were idle
         server_bytes = record.down + tunnel.down.moved
-        shaped = is_stall(
+        silence, stall_after = tunnel.server_silence, learned.config.stall_after
+        closed = tunnel.down.eof
+        cut = is_cut(
             server_bytes,
-            server_closed=tunnel.down.eof,
-            silence=tunnel.server_silence,
-            stall_after=learned.config.stall_after,
+            server_reset=tunnel.server_reset,
+            server_closed=closed,
+            silence=silence,
+            stall_after=stall_after,
         )
-        if not shaped:
+        if cut and tunnel.server_reset:
+            learned.direct_cut(host, server_bytes, "tunnel was reset")
+            return True
+        stall = is_stall(
+            server_bytes, server_closed=closed, silence=silence, stall_after=stall_after
+        )
+        if not (stall or cut):
             return False
         try:
             # The relay closes its own descriptor at once; the socket lives on in this one.
@@ -88,15 +102,17 @@ def freeze_watch(
         wait = learned.fin_ack_wait
 
         async def judge() -> None:
-            if await server_went_deaf(probe, wait):
-                learned.direct_stalled(host, server_bytes)
-            else:
+            if not await server_went_deaf(probe, wait):
                 log.debug(
                     "%s: a direct tunnel fell silent after %d bytes, but the server "
                     "acknowledged our FIN: not a freeze",
                     host,
                     server_bytes,
                 )
+            elif stall:
+                learned.direct_stalled(host, server_bytes)
+            else:
+                learned.direct_cut(host, server_bytes, "tunnel fell silent")
 
         spawn(judge())
         return True

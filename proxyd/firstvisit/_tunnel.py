@@ -10,7 +10,6 @@ from proxyd.dataplane import RequestRecord, SpliceTunnel, outcome_for
 from proxyd.errors import ClientGone, DialError, UpstreamError
 from proxyd.firstvisit._freeze import freeze_watch
 from proxyd.firstvisit._retry import TunnelReply, TunnelVisit, note_dial, note_dial_failure
-from proxyd.learning import DIRECT, STALL_MAX_BYTES, Reason
 from proxyd.outbound import Connection, is_desync, send_first
 from proxyd.runtime import Runtime
 
@@ -91,10 +90,9 @@ async def run_tunnel(
     record.down += len(server_bytes)
     watch = freeze_watch(rt, host, plan, conn.route, record)
     await relay(rt, client, conn, record, on_client_done=watch)
-    # The control of a suspected freeze: an upstream carried more than a freeze lets through.
-    passed_freeze = record.down > STALL_MAX_BYTES and conn.route != DIRECT
-    if plan.stall_control and passed_freeze and rt.learned is not None:
-        rt.learned.confirm(host, Reason.STALL_AFTER_DATA, conn.route)
+    # The control of a suspected freeze or cut: an upstream carried more than it let through.
+    if plan.stall_control and rt.learned is not None:
+        rt.learned.control_carried(host, conn.route, record.down)
 
 
 async def relay(

@@ -26,12 +26,15 @@ import contextlib
 import logging
 import socket
 
-from proxyd.dataplane import BodyPipe, Handoff, RequestRecord, finish, outcome_for
+from proxyd.dataplane import BodyPipe, Handoff, RequestRecord, SourceEnded, finish, outcome_for
 from proxyd.errors import ClientGone, DialError
 from proxyd.firstvisit import Outcome, best_error, relay, run_tunnel
 from proxyd.inbound._http_attempt import RECV_SIZE, Exchange, close_answer
+from proxyd.inbound._http_resume import ResumeRefused, ask_rest, resumable, resume_routes
+from proxyd.learning import DIRECT
 from proxyd.outbound import Connection, PoolKey, run_race, take_answer
 from proxyd.protocol import BodyKind, BodyScanner, HttpError, Request, Response, http1, http1_encode
+from proxyd.routing import RoutePlan
 from proxyd.runtime import Runtime
 
 log = logging.getLogger("proxyd.http")
@@ -111,7 +114,7 @@ class HttpClient:
             try:
                 keep_alive = await self._relay_response(
                     req, handoff.answer, bytearray(handoff.rbuf), origin, key, limits.idle_timeout
-                )
+                )  # on a decided route: a cut body may be resumed on the plan's failover
                 record.outcome = "ok"
             finally:
                 finish(self.rt, record)
@@ -255,23 +258,28 @@ class HttpClient:
         record.connect_seconds, record.first_byte_seconds = exchange.timings.get(
             origin.route, (None, None)
         )
-        keep_alive = await self._relay_response(req, resp, rbuf, origin, key, timeout)
+        keep_alive = await self._relay_response(req, resp, rbuf, origin, key, timeout, plan)
         record.outcome = "ok"
         return keep_alive
 
     async def copy_exact(
         self, src: socket.socket, dst: socket.socket, count: int, timeout: float
     ) -> None:
+        """Move ``count`` bytes; src ending or failing first is ``SourceEnded``."""
         if count >= SPLICE_THRESHOLD:
             await self.pipe.copy_exact(src, dst, count, timeout=timeout)
             return
+        moved = 0
         async with asyncio.timeout(timeout):
-            while count:
-                data = await self.loop.sock_recv(src, min(count, RECV_SIZE))
+            while moved < count:
+                try:
+                    data = await self.loop.sock_recv(src, min(count - moved, RECV_SIZE))
+                except OSError as exc:
+                    raise SourceEnded(moved, str(exc)) from exc
                 if not data:
-                    raise ConnectionResetError("peer closed before the body ended")
-                count -= len(data)
+                    raise SourceEnded(moved, "peer closed before the body ended")
                 await self.loop.sock_sendall(dst, data)
+                moved += len(data)
 
     async def _relay_response(
         self,
@@ -281,7 +289,10 @@ class HttpClient:
         origin: Connection,
         key: PoolKey,
         timeout: float,
+        plan: RoutePlan | None = None,
     ) -> bool:
+        """``plan``: the routes the request had, for resuming a cut body (None: the data
+        plane's decided route, whose plan is asked again)."""
         record = self.record
         if resp.status == 101 and req.upgrade:
             switched = http1_encode.encode_response_for_client(resp, keep_alive=True) + rbuf
@@ -310,7 +321,15 @@ class HttpClient:
                 origin_reusable = origin_reusable and len(rbuf) <= framing.length
                 rest = framing.length - have
                 if rest:
-                    await self.copy_exact(origin.sock, self.sock, rest, timeout)
+                    try:
+                        await self.copy_exact(origin.sock, self.sock, rest, timeout)
+                    except SourceEnded as cut:
+                        origin.sock.close()
+                        delivered = have + cut.moved
+                        record.down += len(head) + delivered
+                        await self._resume(req, resp, origin.route, delivered, plan, timeout)
+                        record.down += framing.length - delivered
+                        return client_keep_alive
                 record.down += len(head) + framing.length
             elif framing.kind is BodyKind.CHUNKED:
                 origin_reusable = await self._relay_chunked(head, rbuf, origin, framing, timeout)
@@ -327,6 +346,54 @@ class HttpClient:
         else:
             origin.sock.close()
         return client_keep_alive
+
+    async def _resume(
+        self,
+        req: Request,
+        resp: Response,
+        cut_route: str,
+        delivered: int,
+        plan: RoutePlan | None,
+        timeout: float,
+    ) -> None:
+        """The body was cut after ``delivered`` bytes: splice the rest from the next
+        route (``_http_resume``), or raise ``ResumeRefused`` and the connection closes."""
+        length = resp.body.length
+        validator = resumable(req, resp)
+        if validator is None:
+            raise ResumeRefused(f"{req.host}: cut at byte {delivered} of {length}, not resumable")
+        if plan is None:
+            try:
+                plan = self.rt.router.plan(req.host, req.port, plain_http=True)
+            except DialError as err:
+                raise ResumeRefused(f"{req.host}: cut at byte {delivered}: {err}") from None
+        routes = resume_routes(plan, cut_route)
+        try:
+            route = await ask_rest(
+                self, req, validator, delivered, length, routes, plan.isolation, timeout
+            )
+        except ResumeRefused as refused:
+            log.info(
+                "%s: an answer cut at byte %d of %d closes: %s",
+                req.host,
+                delivered,
+                length,
+                refused,
+            )
+            raise
+        log.info(
+            "%s: an answer cut on %s at byte %d of %d was resumed through %s",
+            req.host,
+            cut_route,
+            delivered,
+            length,
+            route,
+        )
+        learned = self.rt.learned
+        if plan.learn and cut_route == DIRECT and learned is not None:
+            # The control rule on one request: direct was cut, the route carried past it.
+            learned.direct_cut(req.host, delivered, "answer was cut")
+            learned.control_carried(req.host, route, length)
 
     async def _relay_chunked(
         self,

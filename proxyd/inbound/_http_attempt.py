@@ -139,6 +139,8 @@ class Exchange:
         # Replaying needs the whole request in hand; a body would have to be buffered.
         self.replayable = req.idempotent and req.body.kind is BodyKind.NONE
         self.sent = False
+        # Interim answers go to the client, unless the answer has started (a resume).
+        self.forward_interim = True
         # route -> (connect seconds, None for a pooled connection; first-byte seconds)
         self.timings: dict[str, tuple[float | None, float]] = {}
 
@@ -242,7 +244,7 @@ class Exchange:
                 if parsed is not None:
                     resp, head_len = parsed
                     if resp.interim:
-                        if req.version == "HTTP/1.1":
+                        if req.version == "HTTP/1.1" and self.forward_interim:
                             await client.send(bytes(rbuf[:head_len]))
                         del rbuf[:head_len]
                         continue

@@ -6,6 +6,7 @@ counters the control plane bumps (``Stats``).
 """
 
 from proxyd.learning._detect import (
+    CUT_MIN_BYTES,
     STALL_MAX_BYTES,
     DnsPoisonDetector,
     Fingerprints,
@@ -13,6 +14,7 @@ from proxyd.learning._detect import (
     Strength,
     classify_dial_error,
     classify_first_response,
+    is_cut,
     is_stall,
 )
 from proxyd.learning._domains import (
@@ -38,6 +40,7 @@ from proxyd.learning._table import (
 
 __all__ = [
     "CANARY_FRESH",
+    "CUT_MIN_BYTES",
     "DIRECT",
     "FORMATS",
     "LOCAL_NETWORKS",
@@ -64,6 +67,7 @@ __all__ = [
     "UpstreamHealth",
     "classify_dial_error",
     "classify_first_response",
+    "is_cut",
     "is_local_destination",
     "is_stall",
     "normalise_host",

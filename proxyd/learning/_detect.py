@@ -15,6 +15,9 @@ Public API:
   configured block page patterns (``re`` syntax, searched; a bad one raises ``re.error``).
 - ``is_stall(server_bytes, *, server_closed, silence, stall_after) -> bool``: a direct
   tunnel that ended this way froze after some data (the "16 KB freeze"); weak evidence.
+- ``is_cut(server_bytes, *, server_reset, server_closed, silence, stall_after) -> bool``:
+  a direct tunnel reset mid-transfer, or gone silent, past the TLS handshake
+  (``cut_after_data``); weak evidence.
 - ``DnsPoisonDetector(blockpage_networks, *, same_address_threshold, window)`` with
   ``check(host, addresses, *, now)`` and ``note_blockpage_address(address)``.
 
@@ -24,8 +27,9 @@ Strength of each reason (what learning may conclude once the control route worke
   answer, an injected ServerHello, a TLS alert or non-TLS bytes answering a ClientHello,
   a poisoned DNS answer, a block page (451, foreign redirect, fingerprint). A healthy
   server does none of these to a request another route gets answered.
-- WEAK, needs repetition: connect and first-byte timeouts and the 16 KB stall (packet
-  loss and overloaded servers look the same); ``connection_refused``, because some
+- WEAK, needs repetition: connect and first-byte timeouts, the 16 KB stall and a cut
+  after data (packet loss and overloaded servers look the same; the stall and the cut
+  are confirmed by an upstream control instead); ``connection_refused``, because some
   filters answer SYNs to blocked addresses with RST but a stopped service looks
   identical; ``dns_lookup_error``, because ISP resolvers answering NXDOMAIN for blocked
   names is common but so is a flaky local resolver.
@@ -76,6 +80,7 @@ class Reason(StrEnum):
     CONNECT_TIMEOUT = "connect_timeout"
     FIRST_BYTE_TIMEOUT = "first_byte_timeout"
     STALL_AFTER_DATA = "stall_after_data"
+    CUT_AFTER_DATA = "cut_after_data"
     CONNECTION_REFUSED = "connection_refused"
     DNS_LOOKUP_ERROR = "dns_lookup_error"
     HOST_UNREACHABLE = "host_unreachable"
@@ -120,6 +125,7 @@ _WEAK = frozenset(
         Reason.CONNECT_TIMEOUT,
         Reason.FIRST_BYTE_TIMEOUT,
         Reason.STALL_AFTER_DATA,
+        Reason.CUT_AFTER_DATA,
         Reason.CONNECTION_REFUSED,
         Reason.DNS_LOOKUP_ERROR,
     }
@@ -160,6 +166,39 @@ def is_stall(server_bytes: int, *, server_closed: bool, silence: float, stall_af
     return (
         not server_closed
         and STALL_MIN_BYTES <= server_bytes <= STALL_MAX_BYTES
+        and stall_after <= silence <= STALL_GIVE_UP_MAX
+    )
+
+
+# --- a cut after data -------------------------------------------------------------
+
+# A filter that lets a transfer start and then resets it (or drops the rest) when the
+# connection has carried enough: seen at about 110 KB of a 1 MB download. Below this the
+# bytes may still be the TLS handshake's server flight (certificates included), where
+# the first-visit retry judges resets.
+CUT_MIN_BYTES = 16 * 1024
+
+
+def is_cut(
+    server_bytes: int,
+    *,
+    server_reset: bool,
+    server_closed: bool,
+    silence: float,
+    stall_after: float,
+) -> bool:
+    """A direct tunnel that carried ``server_bytes`` past the handshake and then either
+    was reset on the server's side while its data was flowing (``silence`` short: an
+    idle connection a server resets is no transfer cut), or heard nothing for ``silence``
+    seconds until the client gave up, the server never closing. The freeze's shape
+    (``is_stall``) is the small case of the second; a cut is the reason for the rest."""
+    if server_bytes <= CUT_MIN_BYTES:
+        return False
+    if server_reset:
+        return silence < stall_after
+    return (
+        not server_closed
+        and server_bytes > STALL_MAX_BYTES
         and stall_after <= silence <= STALL_GIVE_UP_MAX
     )
 

@@ -12,6 +12,7 @@ Public API:
   ``lookup(host, now)``; ``record_direct_success(host, now)``;
   ``record_failure(host, route, reason, now)``;
   ``record_stall(host, now) -> bool``, ``stall_suspected(host, now)``;
+  ``record_cut(host, server_bytes, now) -> bool``, ``cut_point(host, now)``;
   ``confirm_blocked(host, reason, working_route, now) -> DomainState | None``;
   ``due_retests(now)``, ``record_retest(key, ok, now)``, ``next_timer(now)``;
   ``force(key, route, now)``, ``forget(key)``, ``adopt_list_entry(host, route, now)``;
@@ -36,6 +37,10 @@ The rules:
   tunnels through an upstream as the control, and one that carries more server data
   than a freeze allows confirms the block (``confirm_blocked`` with
   ``Reason.STALL_AFTER_DATA``). A suspicion no control confirms lapses.
+- Cuts after data (a direct tunnel reset or gone silent mid-transfer) are kept the same
+  way, with the number of server bytes the cut let through: one makes the domain
+  suspected for ``STALL_SUSPECT_FOR``, and an upstream tunnel that carries more than
+  that cut point (``cut_point``) confirms it with ``Reason.CUT_AFTER_DATA``.
 - Per-host exceptions: if another host of the same registrable domain succeeded direct
   recently (remembered in memory only, not persisted: that would be a browsing log), only
   the failing host is blocked; a whole-domain block would send working hosts through an
@@ -155,6 +160,7 @@ class LearningTable:
         self._canary_asked = False
         self._held: list[tuple[str, Reason, str, float]] = []  # while a canary is asked
         self._stalls: OrderedDict[str, deque[float]] = OrderedDict()
+        self._cuts: OrderedDict[str, deque[tuple[float, int]]] = OrderedDict()
         self.generation = 0
 
     # --- queries ---------------------------------------------------------------------
@@ -192,6 +198,13 @@ class LearningTable:
         """Whether a direct tunnel to ``host``'s domain froze recently enough."""
         stalls = self._stalls.get(registrable_domain(host))
         return stalls is not None and len(stalls) > 0 and now - stalls[-1] <= STALL_SUSPECT_FOR
+
+    def cut_point(self, host: str, now: float) -> int | None:
+        """The most server data a recent direct cut of ``host``'s domain let through, or
+        None when no cut is recent enough to suspect the domain."""
+        cuts = self._cuts.get(registrable_domain(host))
+        recent = [size for at, size in cuts or () if now - at <= STALL_SUSPECT_FOR]
+        return max(recent) if recent else None
 
     def snapshot(self) -> list[DomainState]:
         return sorted(self._entries.values(), key=lambda entry: entry.key)
@@ -260,6 +273,18 @@ class LearningTable:
         _trim(self._stalls)
         return self.stall_suspected(host, now)
 
+    def record_cut(self, host: str, server_bytes: int, now: float) -> bool:
+        """A direct tunnel to ``host`` was cut after ``server_bytes``; True if that makes
+        the domain suspected."""
+        if self.is_paused(now) or is_local_destination(host):
+            return False
+        domain = registrable_domain(host)
+        cuts = self._cuts.pop(domain, deque(maxlen=EVIDENCE_KEPT))
+        cuts.append((now, server_bytes))
+        self._cuts[domain] = cuts
+        _trim(self._cuts)
+        return self.cut_point(host, now) is not None
+
     def confirm_blocked(
         self, host: str, reason: Reason, working_route: str, now: float
     ) -> DomainState | None:
@@ -279,6 +304,10 @@ class LearningTable:
             if not self.stall_suspected(name, now):
                 return None
             recent = [Evidence(reason, DIRECT, at) for at in self._stalls[domain]]
+        elif reason is Reason.CUT_AFTER_DATA:
+            if self.cut_point(name, now) is None:
+                return None
+            recent = [Evidence(reason, DIRECT, at) for at, _ in self._cuts[domain]]
         else:
             recent = [
                 e for e in self._recent_failures.get(domain, ()) if now - e.at <= self._weak_window
@@ -293,6 +322,7 @@ class LearningTable:
             return None
         self._recent_failures.pop(domain, None)
         self._stalls.pop(domain, None)
+        self._cuts.pop(domain, None)
         if existing is not None and existing.state is State.BLOCKED:
             updated = dataclasses.replace(
                 existing,

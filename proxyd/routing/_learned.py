@@ -20,6 +20,7 @@ from proxyd.config import LearningConfig
 from proxyd.errors import ConnectionRefused, DialError
 from proxyd.learning import (
     DIRECT,
+    STALL_MAX_BYTES,
     DnsPoisonDetector,
     DomainState,
     Fingerprints,
@@ -56,6 +57,7 @@ FIN_ACK_RTTS = 6.0
 FIN_ACK_MIN = 0.3
 FIN_ACK_MAX = 2.0
 DESYNC_BROKEN_KEPT = 4096
+_MID_TRANSFER = frozenset({Reason.STALL_AFTER_DATA, Reason.CUT_AFTER_DATA})
 _BLOCK_PAGES = frozenset({Reason.BLOCKPAGE_REDIRECT, Reason.BLOCKPAGE_FINGERPRINT, Reason.HTTP_451})
 
 
@@ -212,6 +214,34 @@ class LearnedRoutes:
                 host,
                 server_bytes,
             )
+
+    def direct_cut(self, host: str, server_bytes: int, what: str) -> None:
+        """A direct connection to ``host`` was cut after ``server_bytes`` of server data
+        while the client still read (``detect.is_cut``); ``what`` says how, for the log
+        ("tunnel was reset")."""
+        self.stats.detection(Reason.CUT_AFTER_DATA)
+        if self.table.record_cut(host, server_bytes, self.now):
+            log.info(
+                "%s: a direct %s after %d bytes of server data; the next tunnels go "
+                "through the upstreams to confirm the block",
+                host,
+                what,
+                server_bytes,
+            )
+
+    def control_carried(self, host: str, route: str, server_bytes: int) -> None:
+        """An upstream tunnel of a suspected domain carried ``server_bytes``: more than a
+        freeze or the recorded cut let through confirms the block."""
+        if route == DIRECT:
+            return
+        cut = self.table.cut_point(host, self.now)
+        if cut is not None and server_bytes > cut:
+            self.confirm(host, Reason.CUT_AFTER_DATA, route)
+        elif server_bytes > STALL_MAX_BYTES and self.stall_suspected(host):
+            self.confirm(host, Reason.STALL_AFTER_DATA, route)
+
+    def cut_suspected(self, host: str) -> bool:
+        return self.table.cut_point(host, self.now) is not None
 
     @property
     def fin_ack_wait(self) -> float:
@@ -412,7 +442,8 @@ class LearnedRoutes:
                 return
             host = entry.probe_host
             timeout = self._connect_timeout
-            froze = any(e.reason is Reason.STALL_AFTER_DATA for e in entry.evidence)
+            # A handshake passes a freeze or a cut: only a transfer past it tells.
+            froze = any(e.reason in _MID_TRANSFER for e in entry.evidence)
             results = await asyncio.gather(
                 probe_tls_transfer(direct, host, timeout, self.config.stall_after)
                 if froze

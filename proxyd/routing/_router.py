@@ -25,6 +25,7 @@ from proxyd.config import Config, RuleConfig
 from proxyd.errors import DialError, Forbidden, UpstreamUnavailable
 from proxyd.learning import (
     DIRECT,
+    Reason,
     Source,
     State,
     is_local_destination,
@@ -73,8 +74,8 @@ class MirrorHttpsUnavailable(UpstreamUnavailable):
 class RoutePlan:
     """Routes to try in order. ``learn``: failures of the first are evidence and the rest
     are its transparent fallback (the first visit); otherwise the rest are failover only.
-    ``stall_control``: direct tunnels froze; an upstream tunnel that carries more than a
-    freeze lets through confirms the block."""
+    ``stall_control``: direct tunnels froze or were cut after some data; an upstream
+    tunnel that carries more than the freeze or the cut let through confirms the block."""
 
     routes: tuple[Dialer, ...]
     why: str
@@ -183,10 +184,16 @@ class Router:
         overridable = entry is None or (
             entry.state is State.DIRECT and entry.source is not Source.FORCED
         )
-        if overridable and upstreams and not plain_http and learned.stall_suspected(host):
+        suspicion = None
+        if overridable and upstreams and not plain_http:
+            if learned.cut_suspected(host):
+                suspicion = "were cut after some data (cut_after_data)"
+            elif learned.stall_suspected(host):
+                suspicion = "froze after some data"
+        if suspicion is not None:
             return RoutePlan(
                 (*upstreams, self.direct),
-                f"{prefix}direct tunnels froze after some data: upstreams first, to confirm",
+                f"{prefix}direct tunnels {suspicion}: upstreams first, to confirm",
                 isolation=self._isolation(host),
                 stall_control=True,
             )
@@ -195,6 +202,8 @@ class Router:
             why = f"{prefix}learned: {entry.key} blocked ({evidence}) since {_utc(entry.since)}"
             if entry.route == DOH_ROUTE and self.honest is not None:
                 why += ": only its DNS is, so direct to the DoH answer, upstreams if that fails"
+            elif any(e.reason is Reason.CUT_AFTER_DATA for e in entry.evidence):
+                why += ": direct transfers were reset mid-way, and the upstream carried them whole"
             return self._via_upstreams(host, port, entry.route, why, mirror, plain_http)
         if entry is not None:
             plan = RoutePlan((self.direct,), f"{prefix}learned: {entry.key} works direct")

@@ -11,6 +11,8 @@
 - ``redirect_http(name)``: DNAT the site's port 80 to the 302 responder.
 - ``freeze(name)``: let each HTTPS connection of the site carry ``FREEZE_AFTER`` bytes
   from the server, then drop the rest, FIN included (conntrack's byte counter).
+- ``cut(name)``: reset each HTTPS and plain-HTTP connection of the site once the site has
+  sent ``CUT_AFTER`` bytes on it (the mid-stream reset of a download).
 - ``dpi(name, kind)``: DNAT the site's port 443 to the ISP's DPI relay of that kind
   (``Censorship.DPI_FIRST_RECORD`` or ``DPI_REASSEMBLE``, servers/dpi.py).
 - ``unblock(target)``: lift everything applied to ``target``;
@@ -36,6 +38,7 @@ from lab_netns import LabError, Netns
 from lab_sites import (
     BLOCK_PAGE_IP,
     CLIENT_IP,
+    CUT_AFTER,
     DPI_PORTS,
     FREEZE_AFTER,
     ISP_CLIENT_SIDE,
@@ -157,6 +160,16 @@ class Censor:
         match += ("--connbytes-mode", "bytes")
         self._add(Censorship.FREEZE, name, "filter", "censor", match, ["-j", "DROP"])
 
+    def cut(self, name: str) -> None:
+        # Matched on the client's packets of a connection past the byte count: REJECT
+        # answers the sender only, so this is what resets the client (an RST to the server
+        # would leave the client waiting in silence). The data already on its way passes.
+        match = ("-p", "tcp", "-s", CLIENT_IP, "-d", _address_of(name))
+        match += ("-m", "multiport", "--dports", "80,443", "-m", "connbytes")
+        match += ("--connbytes", f"{CUT_AFTER}:", "--connbytes-dir", "reply")
+        match += ("--connbytes-mode", "bytes")
+        self._add(Censorship.CUT, name, "filter", "censor", match, _RESET)
+
     def dpi(self, name: str, kind: Censorship) -> None:
         match = ("-p", "tcp", "-d", _address_of(name), "--dport", "443")
         jump = ["-j", "DNAT", "--to-destination", f"{ISP_CLIENT_SIDE}:{DPI_PORTS[kind]}"]
@@ -210,6 +223,7 @@ class Censor:
             Censorship.DNS_POISON: self.poison_dns,
             Censorship.REDIRECT: self.redirect_http,
             Censorship.FREEZE: self.freeze,
+            Censorship.CUT: self.cut,
             Censorship.DPI_FIRST_RECORD: lambda name: self.dpi(name, kind),
             Censorship.DPI_REASSEMBLE: lambda name: self.dpi(name, kind),
         }[kind](key)

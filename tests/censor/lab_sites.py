@@ -33,6 +33,9 @@ REDIRECT_LOCATION = f"http://{BLOCK_PAGE_HOST}/"
 SLOW_DELAY = 0.8
 # The "16 KB freeze": bytes (IP packets included) a connection's server side may send.
 FREEZE_AFTER = 16 * 1024
+# The mid-stream reset: server bytes (IP packets included) a connection may carry before
+# the censor resets it; the client's next packet (an ACK) gets the RST.
+CUT_AFTER = 100 * 1024
 
 
 class Censorship(enum.Enum):
@@ -44,6 +47,7 @@ class Censorship(enum.Enum):
     DNS_POISON = "dns"  # the ISP resolver answers with the block-page address
     REDIRECT = "redirect"  # port 80 DNATed to a responder sending 302 to the block page
     FREEZE = "freeze"  # HTTPS from the site dropped for good after FREEZE_AFTER bytes
+    CUT = "cut"  # HTTPS and plain HTTP reset once the site sent CUT_AFTER bytes
     # HTTPS DNATed to a userspace DPI relay (servers/dpi.py) that reassembles TCP and
     # resets a ClientHello naming the site: parsing only the first TLS record, or joining
     # handshake fragments across records too.
@@ -105,6 +109,8 @@ SITES: tuple[Site, ...] = (
     Site("dpi.example", "198.18.2.26", (Censorship.DPI_FIRST_RECORD,)),
     Site("dpi-full.example", "198.18.2.27", (Censorship.DPI_REASSEMBLE,)),
     Site("nginx.example", "198.18.2.28", (Censorship.SNI, Censorship.HOST_HEADER), nginx=True),
+    # Its origin honours Range on /ranged/N (httpd.py); /bytes/N ignores it, as many do.
+    Site("cut.example", "198.18.2.29", (Censorship.CUT,)),
 )
 # Where the ISP's DPI relays listen (on ISP_CLIENT_SIDE), one per kind.
 DPI_PORTS = {Censorship.DPI_FIRST_RECORD: 9443, Censorship.DPI_REASSEMBLE: 9444}

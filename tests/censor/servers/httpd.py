@@ -5,7 +5,8 @@
 
 - ``--origin ADDR``: an origin on ADDR:80 (and ADDR:443 with ``--cert``/``--key``) that
   answers ``origin HOST PATH`` (``/bytes/N``: N bytes of a repeated 0-9a-f pattern, as is
-  freeze.example's front page, 64 KiB; ``/alt-svc/...`` also advertises HTTP/3 on port
+  freeze.example's front page, 64 KiB; ``/ranged/N`` the same with an ETag, honouring
+  ``Range``; ``/alt-svc/...`` also advertises HTTP/3 on port
   443); on a ``--slow`` address only after ``--slow-delay``.
 - ``--mirror ADDR``: a mirror site on ADDR:80 (and 443), see ``_mirror``.
 - ``--block-page ADDR``: ADDR:80 answers every request with the ISP's block page.
@@ -69,6 +70,9 @@ def _origin(slow_addresses: set[str], slow_delay: float) -> Handler:
         size = request.path.removeprefix("/bytes/")
         if size != request.path and size.isdigit():
             return web.Response(body=_pattern(int(size)), content_type="application/octet-stream")
+        size = request.path.removeprefix("/ranged/")
+        if size != request.path and size.isdigit():
+            return _ranged(request, _pattern(int(size)))
         if host == FREEZE_HOST and request.path == "/":
             # A front page big enough that a re-test's GET / shows whether a freeze is on.
             return web.Response(body=_pattern(64 * 1024), content_type="text/plain")
@@ -77,6 +81,28 @@ def _origin(slow_addresses: set[str], slow_delay: float) -> Handler:
         return web.Response(text=f"origin {host} {request.raw_path}\n", headers=alt_svc)
 
     return answer
+
+
+def _ranged(request: web.Request, body: bytes) -> web.Response:
+    """``/ranged/N``: the pattern with a validator, honouring ``Range: bytes=A-`` (and
+    ``If-Range``: a different validator gets the whole body, RFC 9110 13.1.5); the
+    validator changes with ``?v=...`` so a test can make it differ between requests."""
+    etag = f'"{len(body)}-{request.query.get("v", "1")}"'
+    headers = {"ETag": etag, "Accept-Ranges": "bytes", "Last-Modified": _LAST_MODIFIED}
+    wanted = request.headers.get("Range", "")
+    if_range = request.headers.get("If-Range")
+    start = wanted.removeprefix("bytes=").removesuffix("-")
+    if wanted.startswith("bytes=") and start.isdigit() and if_range in (None, etag):
+        first = int(start)
+        if first >= len(body):
+            return web.Response(status=416, headers={"Content-Range": f"bytes */{len(body)}"})
+        headers["Content-Range"] = f"bytes {first}-{len(body) - 1}/{len(body)}"
+        rest = body[first:]
+        return web.Response(status=206, body=rest, headers=headers, content_type="text/plain")
+    return web.Response(body=body, headers=headers, content_type="text/plain")
+
+
+_LAST_MODIFIED = "Wed, 21 Oct 2026 07:28:00 GMT"
 
 
 def _pattern(size: int) -> bytes:
