@@ -53,6 +53,11 @@ ANSWERS = frozenset(
 )
 
 
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 def _close_answer(value: tuple[Connection, bytes]) -> None:
     value[0].sock.close()
 
@@ -267,11 +272,18 @@ class TunnelVisit:
             if self.rt.learned is not None
             else self.rt.config.limits.idle_timeout
         )
-        server_ready = asyncio.ensure_future(self._wait_readable(conn.sock))
+        # A reader of our own, removed before this returns: the socket may be closed as soon
+        # as the attempt ends, and its fd reused at once by a transport of the data plane.
+        server_ready: asyncio.Future[None] = self.loop.create_future()
+        fd = conn.sock.fileno()
+        self.loop.add_reader(fd, _resolve, server_ready)
+        watching = True
         try:
             async with asyncio.timeout(limits_timeout):
                 waiting: set[asyncio.Future[Any]] = {server_ready, self._client_bytes}
                 await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                self.loop.remove_reader(fd)
+                watching = False
                 first = b""
                 if self._client_bytes.done():
                     first = self._client_bytes.result()  # ClientGone propagates
@@ -286,6 +298,8 @@ class TunnelVisit:
         except OSError:
             raise AttemptFailed(Reason.CONNECTION_RESET) from None
         finally:
+            if watching:
+                self.loop.remove_reader(fd)
             server_ready.cancel()
         if not answer:
             raise AttemptFailed(Reason.EOF_BEFORE_RESPONSE)
@@ -300,20 +314,6 @@ class TunnelVisit:
         self.first_byte_seconds = self.loop.time() - sent_at
         self.rt.stats.first_byte(route, self.first_byte_seconds)
         return answer
-
-    async def _wait_readable(self, sock: socket.socket) -> None:
-        waiter: asyncio.Future[None] = self.loop.create_future()
-        fd = sock.fileno()
-
-        def readable() -> None:
-            if not waiter.done():
-                waiter.set_result(None)
-
-        self.loop.add_reader(fd, readable)
-        try:
-            await waiter
-        finally:
-            self.loop.remove_reader(fd)
 
     async def _read_client_first(self) -> None:
         """Keep the client's first bytes (a whole TLS record if it is one) for replay."""
