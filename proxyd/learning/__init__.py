@@ -27,6 +27,14 @@ from proxyd.learning._domains import (
 )
 from proxyd.learning._lists import FORMATS, DomainList, ListError, read_list
 from proxyd.learning._outage import CANARY_FRESH, GateState, OutageGate
+from proxyd.learning._share import (
+    SHARE_FORMATS,
+    SharedEntry,
+    comment_fields,
+    read_shared,
+    render_shared,
+    shareable,
+)
 from proxyd.learning._stats import Histogram, MetricSources, NullStats, Stats, UpstreamHealth
 from proxyd.learning._table import (
     DIRECT,
@@ -46,6 +54,7 @@ __all__ = [
     "LOCAL_NETWORKS",
     "LOCAL_SUFFIXES",
     "SCHEMA_VERSION",
+    "SHARE_FORMATS",
     "STALL_MAX_BYTES",
     "DnsPoisonDetector",
     "DomainList",
@@ -59,6 +68,7 @@ __all__ = [
     "NullStats",
     "OutageGate",
     "Reason",
+    "SharedEntry",
     "Source",
     "State",
     "StateFormatError",
@@ -67,11 +77,15 @@ __all__ = [
     "UpstreamHealth",
     "classify_dial_error",
     "classify_first_response",
+    "comment_fields",
     "is_cut",
     "is_local_destination",
     "is_stall",
     "normalise_host",
     "parse_ip",
     "read_list",
+    "read_shared",
     "registrable_domain",
+    "render_shared",
+    "shareable",
 ]

@@ -15,7 +15,8 @@ Public API:
   ``record_cut(host, server_bytes, now) -> bool``, ``cut_point(host, now)``;
   ``confirm_blocked(host, reason, working_route, now) -> DomainState | None``;
   ``due_retests(now)``, ``record_retest(key, ok, now)``, ``next_timer(now)``;
-  ``force(key, route, now)``, ``forget(key)``, ``adopt_list_entry(host, route, now)``;
+  ``force(key, route, now)``, ``forget(key)``, ``adopt_list_entry(host, route, now)``,
+  ``seed(key, route, now)``;
   ``is_paused(now)``, ``gate_state``, ``canary_wanted()``, ``canary_answered(ok, now)``,
   ``snapshot()``, ``to_json()``, ``from_json(data)``, ``generation``.
 - ``StateFormatError``: the saved table has an unknown schema version or a malformed
@@ -419,6 +420,26 @@ class LearningTable:
                 state=State.BLOCKED,
                 route=route,
                 probe_host=normalise_host(host),
+                since=now,
+                source=Source.LIST,
+                next_retest=now + self._jitter(self._retest_initial),
+                retest_interval=self._retest_initial,
+            )
+        )
+
+    def seed(self, key: str, route: str, now: float) -> DomainState | None:
+        """Take a blocked entry another box shared; re-tested like a list entry, so a
+        share that does not hold here is overturned. An existing entry wins (None)."""
+        name = normalise_host(key)
+        if name in self._entries:
+            return None
+        return self._put(
+            DomainState(
+                key=name,
+                scope=_scope_of(name),
+                state=State.BLOCKED,
+                route=route,
+                probe_host=name,
                 since=now,
                 source=Source.LIST,
                 next_retest=now + self._jitter(self._retest_initial),

@@ -18,15 +18,24 @@ from typing import Any
 
 from aiohttp import web
 
-from proxyd.learning import DomainState, State, is_local_destination, normalise_host, parse_ip
+from proxyd.learning import (
+    DomainState,
+    State,
+    is_local_destination,
+    normalise_host,
+    parse_ip,
+)
 from proxyd.ops import _admin_page as admin_page
+from proxyd.ops import _export as export
 from proxyd.ops import _metrics as metrics
 from proxyd.ops import _pac as pac
 from proxyd.ops._admin_context import AdminContext, health_problems
 
 log = logging.getLogger("proxyd.admin")
 
-MAX_BODY = 16 * 1024
+# One limit for the app (aiohttp's is per app): an import of a shared table of some
+# 100,000 domains; every other body is a few bytes of JSON.
+MAX_BODY = 16 * 1024 * 1024
 _STATES = {s.value for s in State}
 _PAGE_HEADERS = {
     # The page has no script and loads nothing: forbid everything but its inline style.
@@ -157,6 +166,42 @@ class _Handlers:
         log.info("admin: %s forgotten", key)
         return _json({"forgotten": key})
 
+    async def learned_list(self, request: web.Request) -> web.Response:
+        fmt = request.query.get("format", "hostlist")
+        if fmt not in export.EXPORT_FORMATS:
+            return _error(400, f"format must be one of {', '.join(export.EXPORT_FORMATS)}")
+        proxy = pac.pac_proxy_endpoint(request.host, self.ctx.proxy_addresses())
+        text = export.render_export(
+            self.ctx.learned_entries(), fmt, self.ctx.clock(), proxy or ("127.0.0.1", 8080)
+        )
+        content_type = pac.CONTENT_TYPE if fmt == "pac" else "text/plain"
+        return web.Response(text=text, headers={"Content-Type": f"{content_type}; charset=utf-8"})
+
+    async def import_routes(self, request: web.Request) -> web.Response:
+        learning = self.ctx.learning
+        if learning is None:
+            return _error(503, "learning is not running")
+        try:
+            body = await request.json()
+            raw = body["entries"]
+            pairs = [(str(e["key"]), e.get("route")) for e in raw]
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return _error(400, 'the body must be JSON like {"entries": [{"key": "a.example"}]}')
+        names, upstreams = self.ctx.route_names(), list(self.ctx.upstream_names())
+        fallback = upstreams[0] if upstreams else None
+        imported, kept, refused = [], [], []
+        for raw_key, route in pairs:
+            key = _valid_key(raw_key)
+            chosen = route if isinstance(route, str) and route in names else fallback
+            if key is None or parse_ip(key) is not None or chosen is None:
+                refused.append(raw_key)
+            elif learning.seed(key, chosen) is None:
+                kept.append(key)
+            else:
+                imported.append(key)
+        log.info("admin: imported %d routes (%d already known)", len(imported), len(kept))
+        return _json({"imported": imported, "kept": kept, "refused": refused})
+
     async def upstreams(self, request: web.Request) -> web.Response:
         return _json(
             {
@@ -219,6 +264,8 @@ def make_app(ctx: AdminContext) -> web.Application:
     app.router.add_get("/api/routes", h.list_routes)
     app.router.add_put("/api/routes/{domain}", h.set_route)
     app.router.add_delete("/api/routes/{domain}", h.forget_route)
+    app.router.add_post("/api/routes/import", h.import_routes)
+    app.router.add_get("/api/lists/learned.txt", h.learned_list)
     app.router.add_get("/api/upstreams", h.upstreams)
     app.router.add_get("/api/explain", h.explain)
     app.router.add_get("/api/mirrors", h.mirrors)

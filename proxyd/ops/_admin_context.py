@@ -42,6 +42,8 @@ class LearningService(Protocol):
 
     def forget(self, key: str) -> bool: ...
 
+    def seed(self, key: str, route: str) -> DomainState | None: ...
+
 
 _loopback_only = AccessPolicy((), {}).client_allowed
 
@@ -60,6 +62,7 @@ class AdminContext:
     upstream_status: Callable[[], Iterable[UpstreamHealth]] = _nothing
     mirror_status: Callable[[], Sequence[MirrorStatus]] = list
     route_names: Callable[[], Collection[str]] = lambda: (DIRECT,)  # valid for PUT
+    upstream_names: Callable[[], Sequence[str]] = tuple  # in order: imports fall back to the first
     explain: Callable[[str, int], Mapping[str, Any]] | None = None
     health: Callable[[], Iterable[str]] | None = None  # the daemon's own problems
     token: Callable[[], str | None] = lambda: None
@@ -108,6 +111,7 @@ def daemon_context(server: ProxyServer, learned: LearnedRoutes | None) -> AdminC
         upstream_status=lambda: rt.upstreams.status(),
         mirror_status=lambda: server.mirrors.status([u.name for u in rt.upstreams.dialers()]),
         route_names=lambda: {DIRECT, DESYNC, DOH_ROUTE, *(u.name for u in rt.config.upstreams)},
+        upstream_names=lambda: [u.name for u in rt.config.upstreams],
         explain=lambda host, port: rt.router.explain(host, port),
         token=lambda: rt.config.admin_token,
         resolver=lambda: server.resolver,

@@ -8,6 +8,12 @@ answers there, the state file is read, or edited for the next start.
     proxyd routes set DOMAIN ROUTE        # ROUTE: direct or an upstream name
     proxyd routes forget DOMAIN
     proxyd routes why HOST [--port N]     # also ``proxyd why HOST``: the route and why
+    proxyd routes export [--format hostlist|gfwlist|v2fly|pac]   # blocked domains, to stdout
+    proxyd routes import FILE [--format hostlist|gfwlist|v2fly]  # seed this box (format guessed)
+
+An import takes each domain with the route its proxyd comment names, or the first
+upstream when this box has no such route; known domains keep their entry. Imported
+entries are re-tested like list entries.
 
 Common options: ``-c FILE`` (where the admin address and state dir come from),
 ``--admin HOST:PORT``, ``--state-dir DIR``, ``--token TOKEN`` (default
@@ -32,7 +38,15 @@ from pathlib import Path
 from typing import Any
 
 from proxyd.config import Config, ConfigError, load_config
-from proxyd.learning import SCHEMA_VERSION, LearningTable, StateFormatError
+from proxyd.learning import (
+    SCHEMA_VERSION,
+    LearningTable,
+    ListError,
+    SharedEntry,
+    StateFormatError,
+    read_shared,
+)
+from proxyd.ops._export import EXPORT_FORMATS, render_export
 from proxyd.outbound import DirectDialer, UpstreamSet
 from proxyd.protocol import desync
 from proxyd.routing import (
@@ -68,8 +82,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--query", default="", help="only domains containing TEXT")
     parser.add_argument("--json", action="store_true", help="print the API's JSON")
     parser.add_argument("--port", type=int, default=443, help="destination port (why)")
+    parser.add_argument("--format", choices=EXPORT_FORMATS, help="export/import list format")
     parser.add_argument(
-        "action", nargs="?", choices=("list", "set", "forget", "why"), default="list"
+        "action",
+        nargs="?",
+        choices=("list", "set", "forget", "why", "export", "import"),
+        default="list",
     )
     parser.add_argument("domain", nargs="?")
     parser.add_argument("route", nargs="?")
@@ -82,6 +100,9 @@ class AdminClient:
         self._token = token
 
     def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        return json.loads(self.fetch(method, path, body))
+
+    def fetch(self, method: str, path: str, body: dict[str, Any] | None = None) -> bytes:
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(self.base_url + path, data=data, method=method)
         if data is not None:
@@ -90,7 +111,7 @@ class AdminClient:
             request.add_header("Authorization", f"Bearer {self._token}")
         try:
             with urllib.request.urlopen(request, timeout=API_TIMEOUT) as response:
-                return json.load(response)
+                return bytes(response.read())
         except urllib.error.HTTPError as err:
             raise CommandFailed(_error_text(err)) from None
         except (urllib.error.URLError, ConnectionError) as err:
@@ -125,7 +146,37 @@ def _print_entries(raw_entries: list[Any], as_json: bool) -> None:
     sys.stdout.write(format_table(table.snapshot()))
 
 
+def _shared_file(args: argparse.Namespace) -> list[SharedEntry]:
+    if args.format == "pac":
+        raise CommandFailed("a PAC file cannot be imported: export a list format")
+    try:
+        text = Path(args.domain).read_text(encoding="utf-8", errors="replace")
+        return read_shared(text, args.format)
+    except OSError as err:
+        raise CommandFailed(f"{args.domain}: {err.strerror or err}") from None
+    except ListError as err:
+        where = f"{args.domain}:{err.line}" if err.line else args.domain
+        raise CommandFailed(f"{where}: {err.message}") from None
+
+
+def _print_import(result: dict[str, list[str]]) -> None:
+    print(
+        f"imported {len(result['imported'])} routes, kept {len(result['kept'])} known, "
+        f"refused {len(result['refused'])}"
+    )
+    for key in result["refused"]:
+        print(f"  refused: {key} (not a domain, or no upstream to route it through)")
+
+
 def _online(client: AdminClient, args: argparse.Namespace) -> None:
+    if args.action == "export":
+        query = urllib.parse.urlencode({"format": args.format or "hostlist"})
+        sys.stdout.write(client.fetch("GET", f"/api/lists/learned.txt?{query}").decode())
+        return
+    if args.action == "import":
+        body = {"entries": [{"key": e.key, "route": e.route} for e in _shared_file(args)]}
+        _print_import(client.call("POST", "/api/routes/import", body))
+        return
     if args.action == "list":
         query = urllib.parse.urlencode({"state": args.state or "", "q": args.query})
         _print_entries(client.call("GET", f"/api/routes?{query}")["entries"], args.json)
@@ -153,6 +204,17 @@ def _offline(config: Config, args: argparse.Namespace) -> None:
         pass
     except (OSError, ValueError) as err:
         raise CommandFailed(f"{path}: {err}") from None
+    if args.action == "export":
+        listen = config.listen[0] if config.listen else None
+        proxy = (listen.host, listen.port) if listen else ("127.0.0.1", 8080)
+        fmt = args.format or "hostlist"
+        sys.stdout.write(render_export(table.snapshot(), fmt, time.time(), proxy))
+        return
+    if args.action == "import":
+        _print_import(_import_offline(table, config, _shared_file(args)))
+        save_state(path, table.to_json())
+        print(f"saved in {path}; proxyd is not running, it applies at the next start")
+        return
     if args.action == "list":
         entries = [
             e
@@ -181,6 +243,25 @@ def _offline(config: Config, args: argparse.Namespace) -> None:
     print(f"{message} in {path}; proxyd is not running, it applies at the next start")
 
 
+def _import_offline(
+    table: LearningTable, config: Config, shared: list[SharedEntry]
+) -> dict[str, list[str]]:
+    names = {"direct", "desync", *(s.route for s in desync.Strategy)}
+    names |= {u.name for u in config.upstreams}
+    fallback = config.upstreams[0].name if config.upstreams else None
+    result: dict[str, list[str]] = {"imported": [], "kept": [], "refused": []}
+    now = time.time()
+    for entry in shared:
+        route = entry.route if entry.route in names else fallback
+        if route is None:
+            result["refused"].append(entry.key)
+        elif table.seed(entry.key, route, now) is None:
+            result["kept"].append(entry.key)
+        else:
+            result["imported"].append(entry.key)
+    return result
+
+
 def _offline_router(config: Config, table: LearningTable) -> Router:
     """The decision the daemon would make with this config and state file."""
     learned = LearnedRoutes(
@@ -205,8 +286,9 @@ def _print_explanation(explained: dict[str, Any], as_json: bool) -> None:
 def routes_command(argv: Sequence[str]) -> int:
     parser = _parser()
     args = parser.parse_intermixed_args(list(argv))
-    if args.action != "list" and args.domain is None:
-        parser.error(f"{args.action} needs a {'HOST' if args.action == 'why' else 'DOMAIN'}")
+    if args.action not in ("list", "export") and args.domain is None:
+        needs = {"why": "HOST", "import": "FILE"}.get(args.action, "DOMAIN")
+        parser.error(f"{args.action} needs a {needs}")
     if args.action == "set" and args.route is None:
         parser.error("set needs a DOMAIN and a ROUTE")
     overrides = {"admin": args.admin, "state_dir": args.state_dir}

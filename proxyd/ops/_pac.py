@@ -14,6 +14,9 @@ string.
 Public API:
 
 - ``render_pac(proxy, direct_domains, *, max_domains=MAX_DIRECT_DOMAINS) -> str``
+- ``render_blocked_pac(proxy, blocked) -> str``: the shared export, the other way
+  round: only the named domains (and their subdomains) go to proxyd, the rest DIRECT;
+  each domain carries its comment (route, reason, date).
 - ``pac_proxy_endpoint(host_header, listen) -> tuple[str, int] | None``: the proxy
   address as the client can reach it.
 - ``MAX_DIRECT_DOMAINS``, ``CONTENT_TYPE``.
@@ -110,6 +113,40 @@ function FindProxyForURL(url, host) {{
     }}
   }}
   return PROXYD;
+}}
+"""
+
+
+def render_blocked_pac(proxy: tuple[str, int], blocked: Iterable[tuple[str, str]]) -> str:
+    """``blocked``: (domain, comment) pairs. Unlike ``render_pac`` this file is for a
+    browser that should use the proxy only where a block is known, so nothing is cut."""
+    host, port = proxy
+    if parse_ip(host) is None and not DOMAIN_PATTERN.fullmatch(host) and host != "localhost":
+        raise ValueError(f"{host!r} is not a host name or address")
+    endpoint = _endpoint(host, port)
+    rows = {}
+    for domain, comment in blocked:
+        name = normalise_host(domain)
+        if DOMAIN_PATTERN.fullmatch(name):
+            # Comments are written as JSON strings too: no value can end the comment.
+            rows[name] = f"  {_js(name)}: {_js(comment)}"
+    table = ",\n".join(rows[name] for name in sorted(rows))
+    return f"""\
+// proxyd learned routes: domains known to be blocked go through proxyd, the rest DIRECT.
+// Each value says which route worked, the evidence and its date.
+var PROXYD = {_js(f"PROXY {endpoint}; SOCKS5 {endpoint}")};
+var BLOCKED_DOMAINS = {{
+{table}
+}};
+
+function FindProxyForURL(url, host) {{
+  host = host.toLowerCase();
+  for (var name = host; name.indexOf(".") > 0; name = name.substring(name.indexOf(".") + 1)) {{
+    if (Object.prototype.hasOwnProperty.call(BLOCKED_DOMAINS, name)) {{
+      return PROXYD;
+    }}
+  }}
+  return "DIRECT";
 }}
 """
 

@@ -331,6 +331,13 @@ class LearnedRoutes:
         self._changed()
         return removed
 
+    def seed(self, key: str, route: str) -> DomainState | None:
+        entry = self.table.seed(key, route, self.now)
+        if entry is not None:
+            log.info("%s imported blocked: routed via %s until a re-test", key, route)
+            self._changed()
+        return entry
+
     # -- persistence ----------------------------------------------------------------------
 
     def load(self) -> None:

@@ -673,3 +673,102 @@ def urllib_status(url: str, token: str | None = None) -> int:
             return int(response.status)
     except urllib.error.HTTPError as err:
         return err.code
+
+
+def seeded_state_dir(path: Path) -> Path:
+    """A state dir holding learned blocks with evidence, as a daemon would have saved."""
+    from proxyd.learning._table import LearningTable
+    from proxyd.routing import STATE_FILE, save_state
+
+    table = LearningTable()
+    now = time.time()
+    table.record_failure("www.shared.example", "direct", Reason.TLS_INJECTED, now)
+    table.confirm_blocked("www.shared.example", Reason.TLS_INJECTED, "socks", now)
+    table.force("one.host.example", "socks", now)  # one host of its domain only
+    table.force("works.example", "direct", now)
+    path.mkdir(parents=True)
+    save_state(path / STATE_FILE, table.to_json())
+    return path
+
+
+def blocked_routes(port: int, capsys: pytest.CaptureFixture[str]) -> set[tuple[str, str, str]]:
+    assert routes_command(["--admin", f"127.0.0.1:{port}", "--json", "--state", "blocked"]) == 0
+    return {(e["key"], e["scope"], e["route"]) for e in json.loads(capsys.readouterr().out)}
+
+
+def test_export_then_import_on_a_second_daemon_gives_the_same_routes(
+    tmp_path: Path, socks: Microsocks, capsys: pytest.CaptureFixture[str]
+) -> None:
+    boxes = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        state = tmp_path / name / "state"
+        if name == "a":
+            seeded_state_dir(state)
+        boxes.append(
+            Proxyd(
+                ["--admin", "127.0.0.1:0", "--state-dir", str(state)],
+                config=upstream_config(socks.port),
+                tmp_path=tmp_path / name,
+            )
+        )
+    try:
+        a, b = (AdminDaemon(p) for p in boxes)
+        # Traffic from a client first: its address must not reach any export.
+        with urllib.request.urlopen(f"{a.admin}/api/routes", timeout=10):
+            pass
+        exports = {}
+        for fmt in ("hostlist", "gfwlist", "v2fly", "pac"):
+            argv = ["--admin", f"127.0.0.1:{a.admin_port}", "export", "--format", fmt]
+            assert routes_command(argv) == 0
+            exports[fmt] = capsys.readouterr().out
+            listed = [line for line in exports[fmt].splitlines() if "PROXYD =" not in line]
+            assert "127.0.0.1" not in "\n".join(listed)
+        with urllib.request.urlopen(f"{a.admin}/api/lists/learned.txt", timeout=10) as resp:
+            assert resp.read().decode() == exports["hostlist"]
+        assert "shared.example route=socks reason=tls_injected since=" in exports["hostlist"]
+        assert "works.example" not in exports["hostlist"]
+        answers = evaluate_pac(exports["pac"], ["x.shared.example", "works.example"])
+        assert answers["x.shared.example"].startswith("PROXY ")
+        assert answers["works.example"] == "DIRECT"
+
+        expected = blocked_routes(a.admin_port, capsys)
+        assert expected == {
+            ("shared.example", "domain", "socks"),
+            ("one.host.example", "host", "socks"),
+        }
+        shared = tmp_path / "shared.txt"
+        shared.write_text(exports["gfwlist"])
+        assert routes_command(["--admin", f"127.0.0.1:{b.admin_port}", "import", str(shared)]) == 0
+        assert "imported 2 routes" in capsys.readouterr().out
+        assert blocked_routes(b.admin_port, capsys) == expected
+        assert routes_command(["--admin", f"127.0.0.1:{b.admin_port}", "import", str(shared)]) == 0
+        assert "imported 0 routes, kept 2 known" in capsys.readouterr().out
+    finally:
+        for proc in boxes:
+            assert proc.stop() == 0
+            proc.assert_clean_log()
+
+
+def test_import_seeds_the_state_file_when_the_daemon_is_stopped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shared = tmp_path / "list.txt"
+    shared.write_text(
+        "# proxyd: a.example route=nowhere reason=forced since=2024-05-01\na.example\n"
+    )
+    config = tmp_path / "proxyd.toml"
+    config.write_text(upstream_config(free_port(), name="tor"))
+    state = ["-c", str(config), "--admin", f"127.0.0.1:{free_port()}"]
+    state += ["--state-dir", str(tmp_path / "state")]
+    assert routes_command([*state, "import", str(shared)]) == 0
+    assert "imported 1 routes" in capsys.readouterr().out
+    assert routes_command([*state, "--json"]) == 0
+    (entry,) = json.loads(capsys.readouterr().out)
+    assert (entry["key"], entry["route"], entry["source"]) == ("a.example", "tor", "list")
+    assert routes_command([*state, "export", "--format", "v2fly"]) == 0
+    assert "domain:a.example" in capsys.readouterr().out
+    bad = tmp_path / "bad.txt"
+    bad.write_text("a.example\nnot a domain!\n")
+    assert routes_command([*state, "import", str(bad)]) == 1
+    assert f"{bad}:2: not a domain" in capsys.readouterr().err

@@ -190,3 +190,34 @@ async def test_listed_domain_goes_to_the_lists_upstream_and_joins_the_learned_ta
     assert (entry.key, entry.state, entry.source) == ("listed.example", State.BLOCKED, Source.LIST)
     assert entry.next_retest is not None  # a prior: re-tested like anything learned
     assert router.plan("unlisted.example", 443).routes[0].name == "direct"
+
+
+def test_a_compacted_list_matches_as_the_parsed_one_does() -> None:
+    from proxyd.learning._lists import parse_list
+
+    text = "domain:a.example\nfull:only.b.example\nkeyword:tracker\nregexp:^ads[0-9]+\\.\n"
+    hosts = [
+        "a.example",
+        "x.a.example",
+        "only.b.example",
+        "x.only.b.example",
+        "mytracker.net",
+        "ads12.c.example",
+        "c.example",
+        "example",
+    ]
+    parsed = parse_list(text, "v2fly")
+    before = {h: parsed.matches(h) for h in hosts}
+    assert parsed.compact() is parsed and len(parsed) == 4
+    assert {h: parsed.matches(h) for h in hosts} == before
+    assert [h for h, hit in before.items() if hit] == hosts[:3] + hosts[4:6]
+
+
+def test_hostlist_fast_path_still_names_the_bad_line() -> None:
+    from proxyd.learning._lists import ListError, parse_list
+
+    parsed = parse_list("a.example\nB.Example  # why\n# c\n", "hostlist").compact()
+    assert parsed.matches("x.b.example") and not parsed.matches("c")
+    with pytest.raises(ListError) as err:
+        parse_list("a.example\nnot a domain\n", "hostlist")
+    assert err.value.line == 2

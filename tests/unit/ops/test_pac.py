@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from proxyd.ops._pac import DOMAIN_PATTERN, pac_proxy_endpoint, render_pac
+from proxyd.ops._pac import DOMAIN_PATTERN, pac_proxy_endpoint, render_blocked_pac, render_pac
 
 # The helpers a PAC runtime provides, after Mozilla's ProxyAutoConfig.cpp. Name
 # resolution throws: the PAC must decide from the literal alone, never leak a host to DNS.
@@ -189,3 +189,24 @@ def test_pac_names_the_proxy_as_the_client_reached_proxyd(
     host_header: str | None, listen: list[tuple[str, int]], expected: tuple[str, int] | None
 ) -> None:
     assert pac_proxy_endpoint(host_header, listen) == expected
+
+
+@needs_node
+def test_exported_pac_sends_only_the_blocked_domains_to_proxyd() -> None:
+    source = render_blocked_pac(
+        ("127.0.0.1", 8080),
+        [
+            ("blocked.example", "route=tor reason=tls_reset since=2024-05-01"),
+            ("evil.example", '*/ "}; alert(1); //'),
+        ],
+    )
+    answers = evaluate_pac(
+        source, ["blocked.example", "www.blocked.example", "other.example", "evil.example"]
+    )
+    assert answers == {
+        "blocked.example": PROXY,
+        "www.blocked.example": PROXY,
+        "other.example": "DIRECT",
+        "evil.example": PROXY,
+    }
+    assert "reason=tls_reset since=2024-05-01" in source
